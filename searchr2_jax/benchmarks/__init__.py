@@ -1,0 +1,12 @@
+"""Benchmark suites: each module exposes `run(**kwargs) -> dict[str, float]` of named figures.
+
+`launch/benchmark.py --suite=NAME --json_out=FILE` imports the module lazily (so one suite's heavy imports never
+slow another) and writes the figures as one JSON object.
+"""
+
+SUITES = {
+    "model": "searchr2_jax.benchmarks.model",
+    "retrieval": "searchr2_jax.benchmarks.retrieval",
+    "rollout": "searchr2_jax.benchmarks.rollout",
+    "train": "searchr2_jax.benchmarks.train",
+}
