@@ -1,0 +1,238 @@
+"""One decoder family for Llama, Qwen2 and Qwen3, as pure functions over a parameter pytree.
+
+Parameters (a plain dict; layers stacked on axis 0 and scanned):
+
+    embed        [V, D]
+    layers/attn_norm [L, D]        layers/mlp_norm [L, D]
+    layers/wq    [L, D, H*hd]      layers/bq [L, H*hd]    (attention_bias: Qwen2)
+    layers/wk    [L, D, K*hd]      layers/bk [L, K*hd]
+    layers/wv    [L, D, K*hd]      layers/bv [L, K*hd]
+    layers/wo    [L, H*hd, D]
+    layers/q_norm [L, hd]          layers/k_norm [L, hd]   (qk_norm: Qwen3)
+    layers/w_gate [L, D, F]  layers/w_up [L, D, F]  layers/w_down [L, F, D]
+    final_norm   [D]
+    lm_head      [D, V]            (untied embeddings only)
+    value_head   {w: [D], b: []}   (critic only)
+
+RoPE keeps HF's rotate-half layout, so HF safetensors load with a transpose and no q/k permutation.
+Every function takes the static `DecoderConfig` first; jit them with `static_argnums=0` (or close over the config).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from searchr2_jax.models import kv_cache as kvc
+from searchr2_jax.models.config import DecoderConfig
+
+NEG_INF = -1e30  # finite, so fully masked (padding) rows give uniform attention instead of NaN
+
+
+# ------------------------------------------------------------------------------------------------ init
+
+
+def init_params(cfg: DecoderConfig, rng: jax.Array, std: float = 0.02) -> dict:
+    d, f, hd, L = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_layers
+    qd, kd = cfg.num_heads * hd, cfg.num_kv_heads * hd
+    dt = cfg.jnp_param_dtype
+    keys = iter(jax.random.split(rng, 16))
+
+    def normal(shape):
+        return (std * jax.random.normal(next(keys), shape, jnp.float32)).astype(dt)
+
+    layers = {
+        "attn_norm": jnp.ones((L, d), dt),
+        "mlp_norm": jnp.ones((L, d), dt),
+        "wq": normal((L, d, qd)),
+        "wk": normal((L, d, kd)),
+        "wv": normal((L, d, kd)),
+        "wo": normal((L, qd, d)),
+        "w_gate": normal((L, d, f)),
+        "w_up": normal((L, d, f)),
+        "w_down": normal((L, f, d)),
+    }
+    if cfg.attention_bias:
+        layers.update(bq=normal((L, qd)), bk=normal((L, kd)), bv=normal((L, kd)))
+    if cfg.qk_norm:
+        layers.update(q_norm=jnp.ones((L, hd), dt), k_norm=jnp.ones((L, hd), dt))
+    params = {"embed": normal((cfg.vocab_size, d)), "layers": layers, "final_norm": jnp.ones((d,), dt)}
+    if not cfg.tie_word_embeddings:
+        params["lm_head"] = normal((d, cfg.vocab_size))
+    if cfg.value_head:
+        params["value_head"] = {"w": jnp.zeros((d,), dt), "b": jnp.zeros((), dt)}
+    return params
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    # As HF: normalize in f32, cast back, then scale.
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return w.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
+    """Inverse frequencies (numpy, static), with llama3-style scaling when configured."""
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    s = cfg.rope_scaling_dict
+    if s:
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """x: [B, T, heads, hd]; positions: [B, T]. HF rotate-half convention."""
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+    cos = jnp.cos(freqs)[:, :, None, :]
+    sin = jnp.sin(freqs)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention(q, k, v, mask, cfg: DecoderConfig):
+    """q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H*hd]. GQA without repeating k/v."""
+    b, t, h, hd = q.shape
+    g = h // cfg.num_kv_heads
+    q = q.reshape(b, t, cfg.num_kv_heads, g, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h * hd)
+
+
+def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
+    """One pre-norm block. `kv_fn(k, v) -> (keys, values, mask)` decides what the queries attend to."""
+    b, t, _ = h.shape
+    dt = cfg.jnp_dtype
+    p = jax.tree.map(lambda w: w.astype(dt), p)
+    x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
+    q, k, v = x @ p["wq"], x @ p["wk"], x @ p["wv"]
+    if cfg.attention_bias:
+        q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
+    q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+    keys, values, mask = kv_fn(k, v)
+    h = h + attention(q, keys, values, mask, cfg) @ p["wo"]
+    x = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps)
+    h = h + (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
+    return h
+
+
+# ------------------------------------------------------------------------------------------------ forward
+
+
+def forward_hidden(
+    cfg: DecoderConfig,
+    params: dict,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    cache: kvc.KVCache | None = None,
+    segment_ids: jax.Array | None = None,
+):
+    """Final hidden states [B, T, D] (after the final norm) and the updated cache.
+
+    Without a cache: a full causal pass; `mask` [B, T] marks valid tokens (any padding side), `positions` default to
+    the running count of valid tokens, `segment_ids` (packing) restrict attention to the same segment.
+    With a cache: `tokens` is a chunk appended at each row's `cache.lengths`; `mask` must mark a prefix of the chunk
+    (right padding); positions are the cache indices unless given.
+    """
+    b, t = tokens.shape
+    mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+    inv_freq = rope_inv_freq(cfg)
+    h = params["embed"].astype(cfg.jnp_dtype)[tokens]
+
+    if cache is None:
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        idx = jnp.arange(t)
+        attn_mask = (idx[None, :, None] >= idx[None, None, :]) & mask[:, None, :]
+        if segment_ids is not None:
+            attn_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+
+        def body(h, p):
+            return _layer(cfg, inv_freq, h, p, positions, lambda k, v: (k, v, attn_mask)), None
+
+        if cfg.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        h, _ = jax.lax.scan(body, h, params["layers"])
+        return rms_norm(h, params["final_norm"], cfg.rms_norm_eps), None
+
+    cap = cache.capacity
+    widx = kvc.write_indices(cache.lengths, mask, cap)  # [B, T]
+    qidx = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    if positions is None:
+        positions = qidx
+    attn_mask = jnp.arange(cap)[None, None, :] <= qidx[:, :, None]  # [B, T, S]
+
+    def body(carry, xs):
+        h, ck, cv = carry
+        p, layer = xs
+
+        def kv_fn(k, v):
+            nonlocal ck, cv
+            ck = kvc.write_layer(ck, layer, k, widx)
+            cv = kvc.write_layer(cv, layer, v, widx)
+            return ck[layer], cv[layer], attn_mask
+
+        h = _layer(cfg, inv_freq, h, p, positions, kv_fn)
+        return (h, ck, cv), None
+
+    (h, ck, cv), _ = jax.lax.scan(body, (h, cache.k, cache.v), (params["layers"], jnp.arange(cfg.num_layers)))
+    new_cache = kvc.KVCache(ck, cv, cache.lengths + mask.sum(axis=1).astype(jnp.int32))
+    return rms_norm(h, params["final_norm"], cfg.rms_norm_eps), new_cache
+
+
+def lm_logits(cfg: DecoderConfig, params: dict, hidden: jax.Array) -> jax.Array:
+    """fp32 logits over the full embedding rows (never resized to a tokenizer's vocabulary)."""
+    w = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    return jnp.dot(hidden.astype(cfg.jnp_dtype), w.astype(cfg.jnp_dtype), preferred_element_type=jnp.float32)
+
+
+def values(cfg: DecoderConfig, params: dict, hidden: jax.Array) -> jax.Array:
+    """Critic values [B, T] from the value head on the shared trunk."""
+    vh = params["value_head"]
+    return jnp.dot(hidden.astype(jnp.float32), vh["w"].astype(jnp.float32)) + vh["b"].astype(jnp.float32)
+
+
+def apply(cfg: DecoderConfig, params: dict, tokens, positions=None, mask=None, cache=None, segment_ids=None):
+    """`(logits [B, T, V] fp32, cache)`: the whole model, as the issue's `apply(params, tokens, ...)` contract."""
+    hidden, cache = forward_hidden(cfg, params, tokens, positions, mask, cache, segment_ids)
+    return lm_logits(cfg, params, hidden), cache
+
+
+def align_left(tokens: jax.Array, mask: jax.Array):
+    """Moves each row's valid tokens to the front (stable), so a left-padded batch can be written into the cache."""
+    order = jnp.argsort(~mask.astype(bool), axis=1, stable=True)
+    return jnp.take_along_axis(tokens, order, axis=1), jnp.take_along_axis(mask, order, axis=1)
+
+
+def prefill(cfg: DecoderConfig, params: dict, tokens, mask, cache: kvc.KVCache):
+    """Writes a left- or right-padded batch into the cache; returns (fp32 logits of each row's last token, cache)."""
+    tokens, mask = align_left(tokens, mask)
+    hidden, cache = forward_hidden(cfg, params, tokens, mask=mask, cache=cache)
+    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+    h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return lm_logits(cfg, params, h_last), cache

@@ -1,0 +1,157 @@
+"""Decoder parity with transformers' PyTorch models, and KV-cache decoding equal to full forwards."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from searchr2_jax.models import decoder, hf_io, kv_cache
+from searchr2_jax.models.config import ConfigError, DecoderConfig
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=256, rms_norm_eps=1e-6)
+
+HF_CONFIGS = {
+    # GQA, untied, rope theta != default
+    "llama_gqa_untied": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", num_key_value_heads=2,
+                             rope_theta=50000.0, tie_word_embeddings=False),
+    # llama3 rope scaling, tied embeddings, head_dim != hidden/heads
+    "llama3_scaled_tied": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", num_key_value_heads=1,
+                               head_dim=24, tie_word_embeddings=True, rope_theta=500000.0,
+                               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
+    # q/k/v bias, tied
+    "qwen2_bias_tied": dict(BASE, architectures=["Qwen2ForCausalLM"], model_type="qwen2", num_key_value_heads=2,
+                            tie_word_embeddings=True, rope_theta=1000000.0),
+    # q/k RMSNorm, head_dim != hidden/heads, untied
+    "qwen3_qknorm": dict(BASE, architectures=["Qwen3ForCausalLM"], model_type="qwen3", num_key_value_heads=2,
+                         head_dim=32, tie_word_embeddings=False, rope_theta=1000000.0),
+}
+
+
+def _torch_model(hf_cfg):
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(**{k: v for k, v in hf_cfg.items() if k != "architectures"})
+    config.architectures = hf_cfg["architectures"]
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+    with torch.no_grad():  # random biases/norm weights so those code paths are really exercised
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(HF_CONFIGS))
+def test_logits_match_transformers(name, tmp_path):
+    hf_cfg = HF_CONFIGS[name]
+    model = _torch_model(hf_cfg)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    cfg, params = hf_io.load_params(str(tmp_path))
+    assert cfg.architecture == hf_cfg["architectures"][0]
+    tokens = np.random.default_rng(0).integers(0, BASE["vocab_size"], size=(2, 40))
+    with torch.no_grad():
+        ref = model(torch.tensor(tokens)).logits.numpy()
+    ours, _ = jax.jit(decoder.apply, static_argnums=0)(cfg, params, jnp.asarray(tokens))
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=0)
+
+
+def test_safetensors_round_trip_is_exact(tmp_path):
+    cfg = DecoderConfig.from_hf(HF_CONFIGS["qwen2_bias_tied"])
+    params = decoder.init_params(cfg, jax.random.key(1))
+    hf_io.save_params(str(tmp_path), cfg, params)
+    cfg2, params2 = hf_io.load_params(str(tmp_path))
+    assert cfg2 == cfg
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _tiny(**kw):
+    return DecoderConfig.from_hf(HF_CONFIGS["llama_gqa_untied"], **kw)
+
+
+def test_cached_decoding_equals_full_forward():
+    cfg = _tiny()
+    params = decoder.init_params(cfg, jax.random.key(0))
+    rng = np.random.default_rng(1)
+    seq = jnp.asarray(rng.integers(0, cfg.vocab_size, size=(3, 24)))
+    full, _ = decoder.apply(cfg, params, seq)
+    # Rows start at different positions: prompts of 5, 9 and 13 tokens, then token-by-token, then a chunk of 4.
+    prompt_len = np.array([5, 9, 13])
+    cache = kv_cache.init_cache(cfg, 3, 32)
+    mask = jnp.arange(13)[None, :] < prompt_len[:, None]
+    step = jax.jit(decoder.apply, static_argnums=0)
+    logits, cache = step(cfg, params, seq[:, :13], None, mask, cache)
+    for b in range(3):
+        np.testing.assert_allclose(logits[b, : prompt_len[b]], full[b, : prompt_len[b]], atol=1e-5)
+    pos = prompt_len.copy()
+    for _ in range(3):  # token by token
+        tok = seq[np.arange(3), pos][:, None]
+        logits, cache = step(cfg, params, tok, None, None, cache)
+        for b in range(3):
+            np.testing.assert_allclose(logits[b, 0], full[b, pos[b]], atol=1e-5)
+        pos += 1
+    chunk = jnp.stack([seq[b, pos[b]: pos[b] + 4] for b in range(3)])
+    valid = jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)  # right-padded chunk of uneven lengths
+    logits, cache = step(cfg, params, chunk, None, valid, cache)
+    for b in range(3):
+        n = int(valid[b].sum())
+        np.testing.assert_allclose(logits[b, :n], full[b, pos[b]: pos[b] + n], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(cache.lengths), pos + np.asarray(valid.sum(1)))
+
+
+def test_left_padded_prefill_matches_unpadded():
+    cfg = _tiny()
+    params = decoder.init_params(cfg, jax.random.key(0))
+    a = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size, size=(1, 7)))
+    padded = jnp.concatenate([jnp.zeros((1, 5), jnp.int32), a], axis=1)
+    mask = jnp.arange(12)[None] >= 5
+    ref, _ = decoder.apply(cfg, params, a)
+    last, cache = decoder.prefill(cfg, params, padded, mask, kv_cache.init_cache(cfg, 1, 16))
+    np.testing.assert_allclose(last[0], ref[0, -1], atol=1e-5)
+    assert int(cache.lengths[0]) == 7
+    # The padded full forward (no cache) agrees too: positions count valid tokens only.
+    full, _ = decoder.apply(cfg, params, padded, mask=mask)
+    np.testing.assert_allclose(full[0, 5:], ref[0], atol=1e-5)
+
+
+def test_remat_and_bf16_run():
+    cfg = _tiny(remat=True, dtype="bfloat16")
+    params = decoder.init_params(cfg, jax.random.key(0))
+    tokens = jnp.ones((2, 8), jnp.int32)
+    loss = lambda p: decoder.apply(cfg, p, tokens)[0].mean()
+    grads = jax.grad(loss)(params)
+    assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in jax.tree.leaves(grads))
+
+
+def test_value_head_shape():
+    cfg = _tiny(value_head=True)
+    params = decoder.init_params(cfg, jax.random.key(0))
+    hidden, _ = decoder.forward_hidden(cfg, params, jnp.ones((2, 5), jnp.int32))
+    assert decoder.values(cfg, params, hidden).shape == (2, 5)
+
+
+def test_bad_configs_name_the_field():
+    with pytest.raises(ConfigError, match="GPT2LMHeadModel"):
+        DecoderConfig.from_hf(dict(BASE, architectures=["GPT2LMHeadModel"]))
+    broken = dict(HF_CONFIGS["llama_gqa_untied"])
+    del broken["intermediate_size"]
+    with pytest.raises(ConfigError, match="intermediate_size"):
+        DecoderConfig.from_hf(broken)
+
+
+def test_bad_checkpoints_name_the_tensor(tmp_path):
+    cfg = DecoderConfig.from_hf(HF_CONFIGS["qwen2_bias_tied"])
+    hf_io.save_params(str(tmp_path), cfg, decoder.init_params(cfg, jax.random.key(0)))
+    # A tokenizer-sized vocabulary must not silently resize the embedding.
+    with pytest.raises(hf_io.CheckpointError, match=r"model.embed_tokens.weight.*\(120, 64\).*\(97, 64\)"):
+        hf_io.load_params(str(tmp_path), cfg.replace(vocab_size=120))
+    tensors = hf_io.to_hf_tensors(cfg, decoder.init_params(cfg, jax.random.key(0)))
+    del tensors["model.layers.1.self_attn.k_proj.bias"]
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(hf_io.CheckpointError, match="model.layers.1.self_attn.k_proj.bias"):
+        hf_io.load_params(str(tmp_path))
