@@ -232,7 +232,7 @@ def build_refiner_prompt(
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if len(steps) > max_steps:
         raise ValueError(f"{len(steps)} steps exceed max_steps={max_steps}")
-    lines = [REFINER_HEADER.format(max_steps=max_steps), f"ASSISTANT_CONTEXT: {context.strip()}", f"USER: {question.strip()}"]
+    lines = [REFINER_HEADER.format(max_steps=max_steps), f"ASSISTANT_CONTEXT: {context.strip()}".rstrip(), f"USER: {question.strip()}"]
     for i, step in enumerate(steps, start=1):
         lines.append(f"ASSISTANT_STEP_{i}: {step.assistant.strip()}")
         if step.tool.strip():

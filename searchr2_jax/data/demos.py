@@ -1,0 +1,178 @@
+"""Scripted demonstrations in the exact protocol, for a supervised warm start and for refiner examples.
+
+A sound demo walks the question's hops: `<think>…</think>\\n<search> q </search>` → information → … →
+`<think>…</think>\\n<answer> a </answer>`. Flawed demos make one mistake and are labelled with their first flawed
+step (1-based assistant step; 0 = sound):
+- `lookalike`: searches a namesake of the entity it needs (shared first name, surname or company stem) and follows
+  the wrong chain to a wrong answer;
+- `premature`: answers with a guess before it has searched enough;
+- `repeat`: repeats the previous search (a wasted turn), then finishes correctly.
+Each demo is a list of `Segment`s whose `generated` flag says where the loss is on (model turns) or off (prompt,
+retrieved information), ready for `text.tokenizer.tokenize_segments`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Sequence
+
+from searchr2_jax.data.qa import QAExample
+from searchr2_jax.data.synthetic import TEMPLATES, World
+from searchr2_jax.retrieval.types import Passage, Retriever
+from searchr2_jax.text.protocol import (Segment, Step, build_prompt, build_refiner_prompt, refiner_candidates,
+                                        render_information, segment_trajectory)
+
+FLAWS = ("lookalike", "premature", "repeat")
+_REL_PHRASE = {"birth_city": "birthplace", "employer": "employer", "university": "university",
+               "birth_year": "birth year", "founder": "founder", "headquarters": "headquarters city",
+               "country": "country", "capital": "capital", "language": "official language", "city": "city"}
+_TEMPLATE = {t[0]: t for t in TEMPLATES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    example: QAExample
+    prompt: str
+    response: tuple[Segment, ...]  # model turns (generated=True) and observations (False)
+    answer: str | None
+    flaw: str | None = None
+    flawed_step: int = 0  # 1-based assistant step of the first flaw; 0 when sound
+
+    @property
+    def steps(self) -> list[Step]:
+        return segment_trajectory(self.response)
+
+    def sft_segments(self) -> list[Segment]:
+        """Prompt (loss off) followed by the response segments."""
+        return [Segment(self.prompt, False), *self.response]
+
+    def refiner_segments(self, max_steps: int | None = None, chat: bool = False, tokenizer=None) -> list[Segment]:
+        """The Table 12 refiner prompt (loss off) and the label " j" (loss on): j = first flawed step, 0 = sound."""
+        steps = self.steps
+        max_steps = len(steps) if max_steps is None else max_steps
+        prompt = build_refiner_prompt(self.example.question, steps, max_steps, tokenizer=tokenizer, chat=chat)
+        return [Segment(prompt, False), Segment(refiner_candidates(max_steps, chat)[self.flawed_step], True)]
+
+
+class DemoWriter:
+    """Writes demos for questions of one world. `retriever=None` shows the searched entity's passage first, then
+    namesakes' passages (what a retriever returns for these queries); pass a `Retriever` to use real results."""
+
+    def __init__(self, world: World, k: int = 3, retriever: Retriever | None = None, chat: bool = False,
+                 tokenizer=None, end_text: str = ""):
+        self.world, self.k, self.retriever = world, k, retriever
+        self.chat, self.tokenizer, self.end_text = chat, tokenizer, end_text
+
+    # -- pieces
+    def _passage(self, eid: int) -> Passage:
+        title, _, text = self.world.passages[eid]["contents"].partition("\n")
+        return Passage(id=str(eid), title=title.strip('"'), text=text)
+
+    def _search(self, eid: int, query: str) -> list[Passage]:
+        if self.retriever is not None:
+            return list(self.retriever.search([query], self.k)[0])
+        # Namesakes first, then passages that mention the entity: the near misses a real retriever ranks next.
+        others = self.world.lookalikes(eid)[: self.k - 1]
+        if len(others) < self.k - 1:
+            name = self.world.entity(eid).name
+            others += [i for i, p in enumerate(self.world.passages)
+                       if i != eid and i not in others and name in p["contents"]][: self.k - 1 - len(others)]
+        return [self._passage(e) for e in [eid, *others]]
+
+    def _value(self, eid: int, rel: str) -> tuple[str, int | None]:
+        v = self.world.entity(eid).attrs[rel]
+        return (str(v), None) if rel in ("birth_year", "language") else (self.world.entity(v).name, v)
+
+    def _turn(self, think: str, action: str, content: str) -> Segment:
+        return Segment(f"<think> {think} </think>\n<{action}> {content} </{action}>", True)
+
+    # -- trajectories
+    def demo(self, ex: QAExample, flaw: str | None = None, at: int = 0, rng: random.Random | None = None) -> Demo:
+        """The sound demo (`flaw=None`) or the one with `flaw` at hop index `at` (0-based)."""
+        rng = rng or random.Random(0)
+        _, _, chain, _, keywords = _TEMPLATE[ex.metadata["template"]]
+        node = ex.metadata["subject_id"]
+        segs: list[Segment] = []
+        fact = ""
+        answer = None
+        flawed_step = 0
+        for h, (rel, kw) in enumerate(zip(chain, keywords)):
+            name = self.world.entity(node).name
+            need = f"I need the {_REL_PHRASE[rel]} of {name}."
+            if flaw == "premature" and h == at:
+                guess = self._wrong_guess(ex, rel, rng)
+                segs.append(self._turn(f"{fact}I think the answer is {guess}.".strip(), "answer", guess))
+                return self._finish(ex, segs, guess, flaw, len(_steps(segs)))
+            target = node
+            if flaw == "lookalike" and h == at:
+                target = self._lookalike(node, rng)
+                flawed_step = h + 1
+            query = f"{self.world.entity(target).name} {kw}"
+            segs.append(self._turn(f"{fact}{need}", "search", query))
+            segs.append(Segment(render_information(self._search(target, query)), False))
+            if flaw == "repeat" and h == at:
+                segs.append(self._turn(f"Let me search {name} again.", "search", query))
+                segs.append(Segment(render_information(self._search(target, query)), False))
+                flawed_step = h + 2
+            value, nxt = self._value(target, rel)
+            fact = f"The {_REL_PHRASE[rel]} of {name} is {value}. "
+            answer, node = value, (nxt if nxt is not None else node)
+        segs.append(self._turn(fact.strip(), "answer", answer))
+        return self._finish(ex, segs, answer, flaw, flawed_step)
+
+    def _finish(self, ex, segs, answer, flaw, flawed_step) -> Demo:
+        if self.end_text:
+            segs[-1] = Segment(segs[-1].text + self.end_text, True)
+        prompt = build_prompt(ex.question, tokenizer=self.tokenizer, chat=self.chat)
+        return Demo(ex, prompt, tuple(segs), answer, flaw, flawed_step)
+
+    def _lookalike(self, eid: int, rng: random.Random) -> int:
+        options = self.world.lookalikes(eid)
+        if not options:
+            raise ValueError(f"entity {eid} has no look-alike")
+        return rng.choice(options)
+
+    def _wrong_guess(self, ex: QAExample, rel_at_flaw: str, rng: random.Random) -> str:
+        gold = ex.golden_answers[0]
+        if gold.isdigit():
+            return str(int(gold) + rng.choice([-7, -3, 2, 5, 11]))
+        kind = self.world.entity(ex.metadata["entity_path"][-1]).kind if len(ex.metadata["entity_path"]) > 1 else None
+        pool = [e.name for e in self.world.entities if e.kind == kind and e.name != gold] if kind else []
+        if not pool:  # languages: another country's language
+            pool = sorted({e.attrs["language"] for e in self.world.entities if e.kind == "country"} - {gold})
+        return rng.choice(pool)
+
+    def flaw_positions(self, ex: QAExample, flaw: str) -> list[int]:
+        """Hop indices where `flaw` can be placed for this question."""
+        hops = ex.metadata["hops"]
+        if flaw == "lookalike":
+            return [h for h in range(hops) if self.world.lookalikes(ex.metadata["entity_path"][h])]
+        return list(range(hops))
+
+    def demos(self, examples: Sequence[QAExample], seed: int = 0, flawed_fraction: float = 0.5,
+              max_steps: int | None = None) -> list[Demo]:
+        """One demo per example: sound, or (with probability `flawed_fraction`) one random flaw where it fits.
+
+        A flawed demo that still reaches the gold answer by chance (lookalike/premature) is replaced by the sound
+        one, so every flawed label matches a real mistake. `max_steps` drops flaws that would make more steps.
+        """
+        rng = random.Random(seed)
+        out = []
+        for ex in examples:
+            demo = None
+            if rng.random() < flawed_fraction:
+                flaw = rng.choice(FLAWS)
+                spots = self.flaw_positions(ex, flaw)
+                if flaw == "repeat" and max_steps is not None:
+                    spots = [h for h in spots if ex.metadata["hops"] + 2 <= max_steps]
+                if spots:
+                    demo = self.demo(ex, flaw, rng.choice(spots), rng)
+                    if flaw != "repeat" and demo.answer in ex.golden_answers:
+                        demo = None
+            out.append(demo or self.demo(ex))
+        return out
+
+
+def _steps(segs: Sequence[Segment]) -> list[Step]:
+    return segment_trajectory(segs)
