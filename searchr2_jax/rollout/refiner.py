@@ -1,0 +1,161 @@
+"""The Meta-Refiner (paper Algorithm 1, §2.3–2.4): judge a finished trajectory, and say where to cut it.
+
+One prompt (paper Table 12) serves as discriminator and trimmer: the model scores the completions "0".."T" after the
+refiner prompt, teacher-forced, in one batched jitted pass. With j* = argmax_{j>=1} log p(j), the trajectory is
+revised at step j* iff log p(j*) - log p(0) >= margin (default 0); otherwise it is accepted (choice 0).
+The cut keeps assistant turns 1..j*-1 with their tool outputs; the Actor regenerates the rest (see rollout.py).
+
+The refiner uses the Actor's parameters unless it is given its own (`params`/`cfg` of another checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from searchr2_jax.models import decoder
+from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.rollout.types import MetaAction, Trajectory, Turn, bucket
+from searchr2_jax.text import protocol
+
+
+def default_refiner_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        enabled=True,
+        max_revisions=1,  # N_max, 0..4
+        margin=0.0,  # revise iff log p(j*) - log p(0) >= margin
+        chat=False,  # refiner prompt as a chat user message (instruct models)
+        max_prompt_tokens=4096,  # longer refiner prompts keep the most recent tokens of the trajectory text
+        # Benchmarks only: revise this fraction of trajectories at a uniformly drawn step, whatever the scores say
+        # (the scores are still computed, so the cost is real). -1 = off.
+        force_revise_rate=-1.0,
+    ))
+
+
+@dataclasses.dataclass
+class Decision:
+    choice: int  # 0 = accept, j >= 1 = earliest flawed step
+    meta: MetaAction
+
+
+def decide(scores: np.ndarray, num_steps: int, margin: float) -> int:
+    """The decision rule on one row of candidate log-probs [T+1]: j* = argmax_{j>=1}, revise iff gap >= margin."""
+    if num_steps < 1:
+        return 0
+    j = 1 + int(np.argmax(scores[1:num_steps + 1]))
+    return j if scores[j] - scores[0] >= margin else 0
+
+
+def steps_of(traj_text_turns: Sequence[tuple[str, str]]) -> list[protocol.Step]:
+    return [protocol.Step(assistant=a, tool=t) for a, t in traj_text_turns]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _sequence_logprobs(cfg: DecoderConfig, params, tokens, mask, targets, target_mask, k: int):
+    """Sum of log p(targets) over `target_mask` per row. Position i of targets/target_mask is the token predicted
+    from position i. Only the (at most k) target positions get logits: n x L x V logits would not fit."""
+    hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=mask)
+    pos = jnp.argsort(~target_mask, axis=1, stable=True)[:, :k]
+    h = jnp.take_along_axis(hidden, pos[..., None], axis=1)
+    logp = jax.nn.log_softmax(decoder.lm_logits(cfg, params, h), axis=-1)
+    tok_lp = jnp.take_along_axis(logp, jnp.take_along_axis(targets, pos, axis=1)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(jnp.take_along_axis(target_mask, pos, axis=1), tok_lp, 0.0), axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _next_token_logprobs(cfg: DecoderConfig, params, tokens, mask, candidates):
+    """log p(candidate | prompt) for single-token candidates [C]: one forward per prompt, logits at its end."""
+    hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=mask)
+    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return jax.nn.log_softmax(decoder.lm_logits(cfg, params, h), axis=-1)[:, candidates]
+
+
+class MetaRefiner:
+    """Builds refiner prompts from finished trajectories and scores their candidates in one batched pass."""
+
+    def __init__(self, cfg: DecoderConfig, tokenizer, config: ml_collections.ConfigDict | None = None,
+                 max_turns: int = 4):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.config = config or default_refiner_config()
+        self.max_turns = max_turns
+        self.last_score_s = 0.0  # device time of the latest scoring pass (for the rollout's host_fraction)
+        cands = protocol.refiner_candidates(max_turns, chat=self.config.chat)
+        self.candidate_ids = [self._encode(c) for c in cands]
+        self.max_candidate_len = max(len(c) for c in self.candidate_ids)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_ids(self, question: str, steps: list[protocol.Step]) -> list[int]:
+        text = protocol.build_refiner_prompt(question, steps, max_steps=len(steps), tokenizer=self.tokenizer,
+                                             chat=self.config.chat)
+        ids = self._encode(text)
+        limit = self.config.max_prompt_tokens - self.max_candidate_len
+        if len(ids) > limit:  # keep the instruction head and the end (latest steps and the question footer)
+            head = limit // 4
+            ids = ids[:head] + ids[len(ids) - (limit - head):]
+        return ids
+
+    def score(self, params, prompts: list[list[int]], num_steps: list[int]) -> np.ndarray:
+        """Log-probs [n, max_turns+1] of candidates "0".."T" after each prompt (-inf beyond a row's own T)."""
+        n, T1 = len(prompts), self.max_turns + 1
+        out = np.full((n, T1), -np.inf, np.float32)
+        if self.max_candidate_len == 1:  # the usual case: every integer is one token, one row per prompt
+            L, N = bucket(max(map(len, prompts))), bucket(n, minimum=1)
+            tokens, mask = np.zeros((N, L), np.int32), np.zeros((N, L), bool)
+            for r, p in enumerate(prompts):
+                tokens[r, :len(p)], mask[r, :len(p)] = p, True
+            cands = np.asarray([c[0] for c in self.candidate_ids], np.int32)
+            lp = np.asarray(_next_token_logprobs(self.cfg, params, tokens, mask, cands))
+            for i, t in enumerate(num_steps):
+                out[i, :t + 1] = lp[i, :t + 1]
+            return out
+        rows = [(i, j) for i, t in enumerate(num_steps) for j in range(t + 1)]
+        L = bucket(max(len(prompts[i]) + len(self.candidate_ids[j]) for i, j in rows))
+        N = bucket(len(rows), minimum=1)
+        tokens, mask = np.zeros((N, L), np.int32), np.zeros((N, L), bool)
+        targets, tmask = np.zeros((N, L), np.int32), np.zeros((N, L), bool)
+        for r, (i, j) in enumerate(rows):
+            p, c = prompts[i], self.candidate_ids[j]
+            tokens[r, :len(p) + len(c)], mask[r, :len(p) + len(c)] = p + c, True
+            targets[r, len(p) - 1:len(p) + len(c) - 1], tmask[r, len(p) - 1:len(p) + len(c) - 1] = c, True
+        k = bucket(self.max_candidate_len, minimum=1)
+        lp = np.asarray(_sequence_logprobs(self.cfg, params, tokens, mask, targets, tmask, k))
+        for r, (i, j) in enumerate(rows):
+            out[i, j] = lp[r]
+        return out
+
+    def judge(self, params, trajectories: list[Trajectory], step_texts: list[list[tuple[str, str]]],
+              rng: np.random.Generator) -> list[Decision]:
+        """Decisions for finished trajectories (`step_texts`: per trajectory, (assistant, tool) text per turn)."""
+        prompts = [self.prompt_ids(t.job.question, steps_of(s)) for t, s in zip(trajectories, step_texts)]
+        num_steps = [len(s) for s in step_texts]
+        t0 = time.perf_counter()
+        scores = self.score(params, prompts, num_steps)
+        self.last_score_s = time.perf_counter() - t0
+        out = []
+        for i, (p, t) in enumerate(zip(prompts, num_steps)):
+            forced = self.config.force_revise_rate >= 0
+            if forced:
+                choice = int(rng.integers(1, t + 1)) if t >= 1 and rng.random() < self.config.force_revise_rate else 0
+            else:
+                choice = decide(scores[i], t, self.config.margin)
+            meta = MetaAction(prompt_ids=p, action_ids=self.candidate_ids[choice], choice=choice,
+                              logprob=float(scores[i, choice]), scores=scores[i, :t + 1].tolist(), forced=forced)
+            out.append(Decision(choice, meta))
+        return out
+
+
+def turn_texts(tokenizer, response_ids: np.ndarray, turns: Sequence[Turn]) -> list[tuple[str, str]]:
+    """(assistant text, tool text) per turn, decoded from the response ids the rollout recorded."""
+    dec = lambda a, b: tokenizer.decode(list(response_ids[a:b]), skip_special_tokens=False)
+    return [(dec(t.start, t.end), dec(t.end, t.obs_end)) for t in turns]

@@ -1,0 +1,382 @@
+"""Multi-turn search rollouts (paper Algorithm 2) with the Meta-Refiner's cut-and-regenerate (Algorithm 1).
+
+One engine serves every generator: training rollouts (sampling, refiner on), greedy evaluation (refiner off), and
+any other prompt-in/text-out use (the LLM judge). The loop, host side, in plain words:
+
+    admit jobs into free slots (prompt chunk -> cache)
+    repeat:
+        decode_segment: every running slot generates until a stop sequence, its budget, or K steps (one sync)
+        for slots that stopped: parse the turn;
+            </search> -> query;  </answer> -> finished;  anything else -> invalid-action message
+        one retrieval call for all queries -> <information> blocks, appended to each slot's cache as a chunk
+        finished slots -> Meta-Refiner (batched): accept -> record, free the slot; revise at step j ->
+            cut the slot back to the end of turn j-1 in place (no re-prefill) and let the Actor continue
+        free slots take the next jobs (continuous batching)
+
+Faults never stop the batch: a retrieval call that raises or times out marks only its rows (status
+`retrieval_error`), a model that never stops ends at its budget, an over-long prompt is marked `prompt_too_long`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.retrieval.types import Passage, Retriever
+from searchr2_jax.rollout import sampler
+from searchr2_jax.rollout import types as T
+from searchr2_jax.rollout.refiner import MetaRefiner, turn_texts
+from searchr2_jax.text import protocol
+from searchr2_jax.text.tokenizer import all_stop_sequences
+
+log = logging.getLogger(__name__)
+
+KIND_SEARCH, KIND_ANSWER, KIND_EOS = 0, 1, 2
+
+
+def default_rollout_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        slots=32,  # rows decoded together; more jobs than slots are admitted as slots free up
+        max_turns=4,
+        max_prompt_tokens=512,
+        max_response_tokens=1024,  # the response budget: generated + observation tokens
+        max_obs_tokens=512,  # cap per <information> block
+        topk=3,
+        segment_steps=64,  # K: device steps between host syncs (a segment also ends when every row stops)
+        temperature=1.0,
+        top_p=1.0,
+        retrieval_timeout_s=30.0,
+    ))
+
+
+class RetrievalTimeout(RuntimeError):
+    pass
+
+
+def call_with_timeout(fn: Callable, timeout_s: float, *args):
+    """Runs fn(*args) on a daemon thread; raises RetrievalTimeout if it has not returned in time (never hangs)."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise RetrievalTimeout(f"retrieval did not answer within {timeout_s:.1f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@dataclasses.dataclass
+class _Slot:
+    job_index: int
+    job: T.Job
+    turns: list = dataclasses.field(default_factory=list)
+    turn_start: int = 0
+    meta_actions: list = dataclasses.field(default_factory=list)
+    cut_steps: list = dataclasses.field(default_factory=list)
+    kept_tokens: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RolloutOutput:
+    trajectories: list[T.Trajectory]
+    metrics: dict
+
+
+class RolloutEngine:
+    def __init__(self, cfg: DecoderConfig, tokenizer, retriever: Retriever | None,
+                 config: ml_collections.ConfigDict | None = None, refiner: MetaRefiner | None = None):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.retriever = retriever
+        self.config = config or default_rollout_config()
+        self.refiner = refiner
+        kinds = {protocol.SEARCH_CLOSE: KIND_SEARCH, protocol.ANSWER_CLOSE: KIND_ANSWER}
+        seqs = [(list(ids), kinds.get(s, KIND_EOS)) for s, variants in all_stop_sequences(tokenizer).items()
+                for ids in variants]
+        self.stops = sampler.make_stop_table(seqs)
+        self.capacity = self.config.max_prompt_tokens + self.config.max_response_tokens
+
+    # ---------------------------------------------------------------------------------------------- public
+
+    def run(self, params, jobs: Sequence[T.Job], rng: jax.Array, greedy: bool = False,
+            refiner_params=None, use_refiner: bool = True, reprefill: bool = False) -> RolloutOutput:
+        """Rolls out every job; returns trajectories in job order and the rollout metrics.
+
+        `reprefill=True` is the baseline the benchmark compares against: each observation re-prefills the whole
+        conversation instead of appending a chunk to the cache.
+        """
+        c = self.config
+        B, R = c.slots, c.max_response_tokens
+        refiner = self.refiner if (use_refiner and self.refiner and self.refiner.config.enabled
+                                   and self.refiner.config.max_revisions > 0) else None
+        sp = sampler.sampling_params(0.0 if greedy else c.temperature, c.top_p)
+        rng, host_key = jax.random.split(rng)
+        host_rng = np.random.default_rng(int(jax.random.randint(host_key, (), 0, 2**31 - 1)))
+        state = sampler.init_slots(self.cfg, B, self.capacity, R)
+        out: list[T.Trajectory | None] = [None] * len(jobs)
+        queue = collections.deque()
+        for i, job in enumerate(jobs):
+            if not job.prompt_ids or len(job.prompt_ids) > c.max_prompt_tokens:
+                out[i] = self._trajectory(i, job, np.zeros(0, np.int32), np.zeros(0, np.float32),
+                                          np.zeros(0, np.int8), [], T.PROMPT_TOO_LONG)
+            else:
+                queue.append(i)
+        slots: list[_Slot | None] = [None] * B
+        m = collections.Counter()
+        t_start = time.perf_counter()
+        device_s = 0.0
+
+        pending = self._admit(slots, queue, jobs)
+        while pending or any(slots):
+            t0 = time.perf_counter()
+            if pending:
+                state = self._append(params, state, pending)
+                pending = []
+            rng, key = jax.random.split(rng)
+            state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps, key)
+            status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
+            device_s += time.perf_counter() - t0
+            m["decode_steps"] += int(steps)
+            m["segments"] += 1
+            stopped = [b for b, s in enumerate(slots) if s is not None and status[b] != sampler.RUNNING]
+            if not stopped:
+                continue
+            host = jax.device_get((state.tokens, state.logprobs, state.loss_mask))
+            tokens = host[0]
+            searches, finished = [], []
+            for b in stopped:
+                self._close_turn(slots[b], tokens[b], int(length[b]), int(status[b]), int(kind[b]), searches,
+                                 finished, pending, b)
+            self._retrieve(slots, searches, finished, pending, m)
+            pending = self._fit_observations(slots, pending, length, finished)
+            if finished:
+                done, revise = self._refine(params if refiner_params is None else refiner_params, refiner,
+                                            slots, finished, host, length, host_rng, m)
+                if revise:
+                    state = self._truncate(state, revise)
+                    pending += [(b, ids, False, False, gen) for b, _, _, (ids, gen) in revise]
+                for b, traj in done:
+                    out[traj.job_index] = traj
+                    slots[b] = None
+                    m["tokens_generated"] += int(traj.loss_mask.sum())
+            pending += self._admit(slots, queue, jobs)
+            if reprefill:
+                state, pending = self._reprefill(params, state, slots, pending)
+
+        wall = time.perf_counter() - t_start
+        device_s += m["refiner_score_s"]
+        return RolloutOutput(list(out), self._metrics(out, m, wall, device_s))
+
+    # ---------------------------------------------------------------------------------------------- steps
+
+    def _admit(self, slots, queue, jobs):
+        """Free slots take queued jobs; returns their prompt chunks (reset the slot)."""
+        items = []
+        for b in range(len(slots)):
+            if slots[b] is None and queue:
+                i = queue.popleft()
+                slots[b] = _Slot(i, jobs[i])
+                items.append((b, list(jobs[i].prompt_ids), True, True, False))
+        return items
+
+    def _append(self, params, state, items):
+        """One bucketed `append_rows` call for (slot, ids, reset_cache, clear_response, generated) items."""
+        n = T.bucket(len(items), minimum=1)
+        C = T.bucket(max(len(ids) for _, ids, *_ in items), minimum=1)
+        B = self.config.slots
+        rows = np.full((n,), B, np.int32)  # pads point past the slots and are dropped
+        chunk = np.zeros((n, C), np.int32)
+        valid = np.zeros((n, C), bool)
+        flags = np.zeros((3, n), bool)
+        for r, (b, ids, reset, clear, gen) in enumerate(items):
+            rows[r] = b
+            chunk[r, :len(ids)] = ids
+            valid[r, :len(ids)] = True
+            flags[:, r] = (reset, clear, gen)
+        return sampler.append_rows(self.cfg, params, state, rows, chunk, valid, *flags)
+
+    def _truncate(self, state, revise):
+        """Cuts revised slots back to their kept prefix (bucketed row count, pads dropped)."""
+        n = T.bucket(len(revise), minimum=1)
+        arr = np.full((3, n), self.config.slots, np.int32)
+        for r, (b, keep_resp, keep_cache, _) in enumerate(revise):
+            arr[:, r] = (b, keep_resp, keep_cache)
+        return sampler.truncate_rows(state, *arr)
+
+    def _close_turn(self, slot: _Slot, tokens, length, status, kind, searches, finished, pending, b):
+        """Classifies the turn a stopped slot just ended."""
+        start = slot.turn_start
+        text = self.tokenizer.decode(list(tokens[start:length]), skip_special_tokens=False)
+        if status == sampler.STOP_BUDGET:
+            slot.turns.append(T.Turn(start, length, length, "budget"))
+            finished.append((b, T.OUT_OF_BUDGET, None))
+            return
+        parse = protocol.parse_turn(text)
+        if parse.status == "answer":
+            slot.turns.append(T.Turn(start, length, length, "answer"))
+            finished.append((b, T.ANSWERED, parse.answer))
+        elif parse.status == "search" and kind == KIND_SEARCH:
+            slot.turns.append(T.Turn(start, length, length, "search", query=parse.query))
+            if len(slot.turns) >= self.config.max_turns:
+                finished.append((b, T.OUT_OF_TURNS, None))
+            else:
+                searches.append(b)
+        else:
+            slot.turns.append(T.Turn(start, length, length, "invalid"))
+            if len(slot.turns) >= self.config.max_turns:
+                finished.append((b, T.INVALID, None))
+            else:
+                pending.append((b, protocol.INVALID_ACTION_MESSAGE, False, False, True))
+
+    def _retrieve(self, slots, searches, finished, pending, m):
+        """One retrieval call for every slot that searched; a failing call is retried per query to isolate rows."""
+        if not searches:
+            return
+        queries = [slots[b].turns[-1].query for b in searches]
+        timeout = self.config.retrieval_timeout_s
+        t0 = time.perf_counter()
+        try:
+            results = call_with_timeout(self.retriever.search, timeout, queries, self.config.topk)
+            errors = [None] * len(queries)
+        except RetrievalTimeout as e:
+            results, errors = [None] * len(queries), [str(e)] * len(queries)
+        except Exception:  # noqa: BLE001 - isolate the failing rows
+            results, errors = [], []
+            for q in queries:
+                try:
+                    results.append(call_with_timeout(self.retriever.search, timeout, [q], self.config.topk)[0])
+                    errors.append(None)
+                except Exception as e:  # noqa: BLE001
+                    results.append(None)
+                    errors.append(f"{type(e).__name__}: {e}")
+        m["retrieval_s"] += time.perf_counter() - t0
+        m["retrieval_calls"] += 1
+        for b, passages, err in zip(searches, results, errors):
+            turn = slots[b].turns[-1]
+            if err is not None:
+                log.warning("retrieval failed for job %d: %s", slots[b].job_index, err)
+                turn.error = err
+                finished.append((b, T.RETRIEVAL_ERROR, None))
+                continue
+            turn.passages = list(passages or [])
+            pending.append((b, protocol.render_information(turn.passages), False, False, True))
+
+    def _fit_observations(self, slots, pending, length, finished):
+        """Tokenizes observation texts and caps them to the per-block limit and the remaining budget."""
+        R = self.config.max_response_tokens
+        out = []
+        for b, payload, reset, clear, gen in pending:
+            if not isinstance(payload, str):
+                out.append((b, payload, reset, clear, gen))
+                continue
+            ids = list(self.tokenizer.encode(payload, add_special_tokens=False))[: self.config.max_obs_tokens]
+            room = R - int(length[b]) - 1  # leave room for at least one generated token
+            if room <= 0:
+                finished.append((b, T.OUT_OF_BUDGET, None))
+                continue
+            ids = ids[:room]
+            slots[b].turns[-1].obs_end = int(length[b]) + len(ids)
+            slots[b].turn_start = int(length[b]) + len(ids)
+            out.append((b, ids, reset, clear, gen))
+        return out
+
+    def _refine(self, params, refiner, slots, finished, host, length, rng, m):
+        """Finished slots: record them, or (Meta-Refiner) cut them back for the Actor to regenerate in place."""
+        tokens, logprobs, loss_mask = host
+        judged = {}
+        if refiner is not None:
+            cands = [(b, st, ans) for b, st, ans in finished
+                     if len(slots[b].cut_steps) < refiner.config.max_revisions and slots[b].turns]
+            if cands:
+                partial = [self._trajectory(slots[b].job_index, slots[b].job, tokens[b, :length[b]],
+                                            logprobs[b, :length[b]], loss_mask[b, :length[b]], slots[b].turns, st,
+                                            ans) for b, st, ans in cands]
+                texts = [turn_texts(self.tokenizer, t.response_ids, t.turns) for t in partial]
+                t0 = time.perf_counter()
+                decisions = refiner.judge(params, partial, texts, rng)
+                m["refiner_score_s"] += refiner.last_score_s
+                m["refiner_host_s"] += time.perf_counter() - t0 - refiner.last_score_s
+                for (b, _, _), d in zip(cands, decisions):
+                    judged[b] = d
+                m["refiner_calls"] += 1
+                m["refiner_judged"] += len(cands)
+        done, revise = [], []
+        for b, status, answer in finished:
+            s = slots[b]
+            d = judged.get(b)
+            if d is not None:
+                s.meta_actions.append(d.meta)
+            if d is not None and d.choice >= 1:
+                j = d.choice
+                keep = s.turns[j - 1].start  # response tokens before the flawed turn (with their tool outputs)
+                s.turns = s.turns[: j - 1]
+                s.turn_start = keep
+                s.cut_steps.append(j)
+                s.kept_tokens.append(keep)
+                prompt = s.job.prompt_ids
+                # Truncate one token short and re-append it, so the slot gets fresh next-token logits.
+                last = [int(tokens[b, keep - 1])] if keep > 0 else [prompt[-1]]
+                revise.append((b, max(keep - 1, 0), len(prompt) + keep - 1, (last, keep > 0)))
+                m["revisions"] += 1
+                continue
+            n = int(length[b])
+            traj = self._trajectory(s.job_index, s.job, tokens[b, :n], logprobs[b, :n], loss_mask[b, :n], s.turns,
+                                    status, answer)
+            traj.meta_actions, traj.cut_steps, traj.kept_tokens = s.meta_actions, s.cut_steps, s.kept_tokens
+            done.append((b, traj))
+        return done, revise
+
+    def _reprefill(self, params, state, slots, pending):
+        """Baseline only: observation rows rebuild their whole cache from prompt + response instead of appending."""
+        obs = [(b, ids) for b, ids, reset, _, gen in pending if gen and not reset]
+        if not obs:
+            return state, pending
+        tokens, length = jax.device_get((state.tokens, state.length))
+        prefix = [(b, list(slots[b].job.prompt_ids) + list(tokens[b, :length[b]]), True, False, False)
+                  for b, _ in obs]
+        return self._append(params, state, prefix), pending
+
+    @staticmethod
+    def _trajectory(i, job, ids, logp, mask, turns, status, answer=None) -> T.Trajectory:
+        return T.Trajectory(i, job, np.asarray(ids, np.int32), np.asarray(logp, np.float32),
+                            np.asarray(mask, np.int8), list(turns), status, answer)
+
+    @staticmethod
+    def _metrics(trajs, m, wall, device_s) -> dict:
+        n = max(len(trajs), 1)
+        statuses = collections.Counter(t.status for t in trajs)
+        cuts = [c for t in trajs for c in t.cut_steps]
+        kept = [k for t in trajs for k in t.kept_tokens]
+        out = {
+            "rollout/trajectories": len(trajs),
+            "rollout/revision_rate": sum(bool(t.cut_steps) for t in trajs) / n,
+            "rollout/mean_cut_step": float(np.mean(cuts)) if cuts else 0.0,
+            "rollout/prefix_tokens_kept": float(np.mean(kept)) if kept else 0.0,
+            "rollout/searches_per_trajectory": sum(len(t.searches) for t in trajs) / n,
+            "rollout/tokens_generated": int(m["tokens_generated"]),
+            "rollout/decode_steps": int(m["decode_steps"]),
+            "rollout/segments": int(m["segments"]),
+            "rollout/retrieval_s": float(m["retrieval_s"]),
+            "rollout/wall_s": wall,
+            "rollout/host_fraction": max(0.0, 1.0 - device_s / wall) if wall > 0 else 0.0,
+            "rollout/tokens_per_s": m["tokens_generated"] / wall if wall > 0 else 0.0,
+        }
+        out.update({f"rollout/status/{s}": statuses.get(s, 0) / n for s in T.STATUSES})
+        return out

@@ -1,0 +1,221 @@
+"""Multi-turn rollouts on the scripted machine: turns, stops, masks, faults, refiner cuts, and no recompiles."""
+
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from searchr2_jax.retrieval.types import Passage
+from searchr2_jax.rollout import refiner as refiner_lib
+from searchr2_jax.rollout import rollout as rollout_lib
+from searchr2_jax.rollout import sampler
+from searchr2_jax.rollout import types as T
+from searchr2_jax.text import protocol
+
+from . import scripted
+
+TOK = scripted.tokenizer()
+
+
+class FakeRetriever:
+    def __init__(self, fail_on=(), sleep_on=(), sleep_s=5.0):
+        self.calls = []
+        self.fail_on, self.sleep_on, self.sleep_s = set(fail_on), set(sleep_on), sleep_s
+
+    def search(self, queries, k):
+        self.calls.append(list(queries))
+        if self.fail_on & set(queries):
+            raise ConnectionError("retrieval server is down")
+        if self.sleep_on & set(queries):
+            time.sleep(self.sleep_s)
+        return [[Passage(f"{q}-{i}", f"T{i}", " ".join(["gamma"] * (1 + i + len(q) % 3))) for i in range(k)]
+                for q in queries]
+
+
+def engine(slots=4, retriever=None, refiner_choice=None, refiner=False, max_revisions=1, script=None, **overrides):
+    cfg, params = scripted.machine(TOK, script=script, refiner_choice=refiner_choice)
+    config = rollout_lib.default_rollout_config()
+    config.update(dict(slots=slots, max_prompt_tokens=16, max_response_tokens=96, max_obs_tokens=32, topk=2,
+                       segment_steps=8, retrieval_timeout_s=1.0))
+    config.update(overrides)
+    ref = None
+    if refiner:
+        rc = refiner_lib.default_refiner_config()
+        rc.max_revisions = max_revisions
+        ref = refiner_lib.MetaRefiner(cfg, TOK, rc, max_turns=config.max_turns)
+    return rollout_lib.RolloutEngine(cfg, TOK, retriever or FakeRetriever(), config, ref), params
+
+
+def jobs(*prompts, group=0):
+    return [T.Job(scripted.ids(TOK, p), question=p, golden_answers=("beta",), group_id=group) for p in prompts]
+
+
+def text(traj, a=None, b=None):
+    return TOK.decode(list(traj.response_ids[a:b]), skip_special_tokens=False)
+
+
+def test_search_then_answer_with_exact_masks_and_no_token_after_stops():
+    eng, params = engine()
+    out = eng.run(params, jobs("go", "go", "go"), jax.random.key(0))
+    for t in out.trajectories:
+        assert t.status == T.ANSWERED and t.answer == "beta"
+        assert [turn.action for turn in t.turns] == ["search", "answer"]
+        s, a = t.turns
+        assert text(t, s.start, s.end) == "<search> alpha </search>"  # ends exactly at the stop
+        assert text(t, a.start, a.end) == "<answer> beta </answer>"
+        assert s.query == "alpha" and [p.id for p in s.passages] == ["alpha-0", "alpha-1"]
+        obs = text(t, s.end, s.obs_end)
+        assert obs.startswith("<information>") and obs.endswith("</information>")
+        # loss mask: 1 exactly on generated tokens, 0 on the retrieved block
+        mask = np.zeros(len(t.response_ids), np.int8)
+        mask[s.start:s.end] = 1
+        mask[a.start:a.end] = 1
+        np.testing.assert_array_equal(t.loss_mask, mask)
+        assert len(t.response_ids) == a.end  # not one token after </answer>
+        assert np.all(t.logprobs[t.loss_mask == 1] <= 0) and np.all(t.logprobs[t.loss_mask == 0] == 0)
+    assert out.metrics["rollout/searches_per_trajectory"] == 1.0
+    assert out.metrics["rollout/status/answered"] == 1.0
+
+
+def test_one_retrieval_call_per_segment_for_all_searching_rows():
+    ret = FakeRetriever()
+    eng, params = engine(retriever=ret)
+    eng.run(params, jobs("go", "go", "go", "go"), jax.random.key(0))
+    assert ret.calls == [["alpha"] * 4]
+
+
+def test_invalid_action_gets_the_message_then_continues():
+    eng, params = engine()
+    (t,) = eng.run(params, jobs("bad"), jax.random.key(0)).trajectories
+    assert [turn.action for turn in t.turns] == ["invalid", "answer"]
+    assert protocol.INVALID_ACTION_MESSAGE.split()[0] in text(t, t.turns[0].end, t.turns[0].obs_end) or \
+        "[UNK]" in text(t, t.turns[0].end, t.turns[0].obs_end)
+    assert t.status == T.ANSWERED
+
+
+def test_budget_and_turn_limits_and_long_prompts():
+    # After an information block this script searches again, forever: the turn limit ends it.
+    eng, params = engine(max_turns=2, script={**scripted.SCRIPT, "</information>": "<search>"})
+    loop, stall, long = eng.run(params, jobs("loop", "go", " ".join(["go"] * 20)), jax.random.key(0)).trajectories
+    assert loop.status == T.OUT_OF_BUDGET and len(loop.response_ids) == 96
+    assert stall.status == T.OUT_OF_TURNS and [t.action for t in stall.turns] == ["search", "search"]
+    assert stall.turns[-1].obs_end == stall.turns[-1].end  # the last search is not answered
+    assert long.status == T.PROMPT_TOO_LONG and len(long.response_ids) == 0
+
+
+def test_retrieval_faults_mark_only_their_rows():
+    ret = FakeRetriever(fail_on={"alpha"})
+    eng, params = engine(retriever=ret)
+    out = eng.run(params, jobs("go", "loop"), jax.random.key(0))
+    assert out.trajectories[0].status == T.RETRIEVAL_ERROR
+    assert "down" in out.trajectories[0].turns[-1].error
+    assert out.trajectories[1].status == T.OUT_OF_BUDGET  # the other row finished normally
+
+
+def test_retrieval_timeout_never_hangs():
+    ret = FakeRetriever(sleep_on={"alpha"}, sleep_s=3.0)
+    eng, params = engine(retriever=ret, retrieval_timeout_s=0.3)
+    t0 = time.time()
+    (t,) = eng.run(params, jobs("go"), jax.random.key(0)).trajectories
+    assert t.status == T.RETRIEVAL_ERROR and "within" in t.turns[-1].error
+    assert time.time() - t0 < 3.0
+
+
+def test_more_jobs_than_slots_all_finish_in_order():
+    eng, params = engine(slots=2)
+    prompts = ["go", "loop", "bad", "go", "go"]
+    out = eng.run(params, jobs(*prompts), jax.random.key(0))
+    assert [t.job.question for t in out.trajectories] == prompts
+    assert [t.status for t in out.trajectories] == [T.ANSWERED, T.OUT_OF_BUDGET, T.ANSWERED, T.ANSWERED,
+                                                    T.ANSWERED]
+
+
+def test_refiner_cut_keeps_turns_before_the_flagged_step():
+    # The refiner prompt ends with "issue):", which the script follows with "2": cut at step 2.
+    eng, params = engine(refiner=True, refiner_choice="2")
+    base_eng, _ = engine()
+    (base,) = base_eng.run(params, jobs("go"), jax.random.key(0)).trajectories
+    (t,) = eng.run(params, jobs("go"), jax.random.key(0)).trajectories
+    assert t.cut_steps == [2] and len(t.meta_actions) == 1
+    meta = t.meta_actions[0]
+    assert meta.choice == 2 and TOK.decode(meta.action_ids).strip() == "2"
+    assert meta.scores[2] == max(meta.scores) and meta.logprob == meta.scores[2]
+    # kept prefix = turn 1 and its information block; the regenerated turn answers again
+    assert t.kept_tokens == [base.turns[1].start]
+    np.testing.assert_array_equal(t.response_ids[:base.turns[1].start], base.response_ids[:base.turns[1].start])
+    assert [turn.action for turn in t.turns] == ["search", "answer"] and t.answer == "beta"
+    np.testing.assert_array_equal(t.loss_mask, base.loss_mask)
+    assert t.turns[0].passages == base.turns[0].passages  # information of kept turns is kept, not re-fetched
+
+
+def test_refiner_cut_at_step_one_regenerates_from_the_prompt():
+    ret = FakeRetriever()
+    eng, params = engine(retriever=ret, refiner=True, refiner_choice="1")
+    (t,) = eng.run(params, jobs("go"), jax.random.key(0)).trajectories
+    assert t.cut_steps == [1] and t.kept_tokens == [0]
+    assert [turn.action for turn in t.turns] == ["search", "answer"]
+    assert len(ret.calls) == 2  # the regenerated first turn searches again
+
+
+def test_refiner_that_accepts_equals_actor_only_and_n_max_bounds_revisions():
+    eng0, params = engine(refiner=True, refiner_choice="0")
+    base_eng, _ = engine()
+    key = jax.random.key(7)
+    a = eng0.run(params, jobs("go", "bad", "loop"), key).trajectories
+    b = base_eng.run(params, jobs("go", "bad", "loop"), key).trajectories
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.response_ids, y.response_ids)
+        np.testing.assert_array_equal(x.logprobs, y.logprobs)
+        assert x.status == y.status and x.cut_steps == [] and x.meta_actions[0].choice == 0
+    for n_max in (0, 1, 3):
+        eng, params = engine(refiner=True, refiner_choice="1", max_revisions=n_max)
+        (t,) = eng.run(params, jobs("go"), key).trajectories
+        assert len(t.cut_steps) == n_max and len(t.meta_actions) == n_max
+
+
+def test_decision_rule():
+    s = np.log(np.array([0.4, 0.1, 0.3, 0.2]))
+    assert refiner_lib.decide(s, 3, margin=0.0) == 0  # best j>=1 (0.3) < p(0)
+    s = np.log(np.array([0.2, 0.1, 0.4, 0.3]))
+    assert refiner_lib.decide(s, 3, margin=0.0) == 2
+    assert refiner_lib.decide(s, 3, margin=1.0) == 0  # log(0.4/0.2) = 0.69 < 1
+    assert refiner_lib.decide(s, 1, margin=0.0) == 0  # only step 1 exists, p(1) < p(0)
+    assert refiner_lib.decide(np.log(np.array([0.5, 0.5])), 1, margin=0.0) == 1  # a tie revises (margin >= 0)
+
+
+def test_forced_revision_rate_for_benchmarks():
+    eng, params = engine(refiner=True, refiner_choice="0", slots=8)
+    eng.refiner.config.force_revise_rate = 1.0
+    out = eng.run(params, jobs(*["go"] * 8), jax.random.key(0))
+    assert out.metrics["rollout/revision_rate"] == 1.0
+    assert all(m.forced for t in out.trajectories for m in t.meta_actions)
+
+
+def test_no_recompilation_after_warmup():
+    eng, params = engine(refiner=True, refiner_choice="2")
+    fns = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, refiner_lib._next_token_logprobs]
+    batches = [("go", "bad", "loop", "go go"), ("go go go", "go", "bad bad", "go"), ("go", "go", "go", "bad")]
+    for b in batches:  # warm-up: every bucket these shapes reach
+        eng.run(params, jobs(*b), jax.random.key(0))
+    sizes = [f._cache_size() for f in fns]
+    for i, b in enumerate([("go go", "bad", "go", "loop"), ("bad", "go go go", "go", "go"),
+                           ("go", "go", "bad", "go go")]):
+        eng.run(params, jobs(*b), jax.random.key(i + 10))
+    assert [f._cache_size() for f in fns] == sizes
+
+
+def test_trajectory_batch_layout():
+    eng, params = engine(refiner=True, refiner_choice="2")
+    out = eng.run(params, jobs("go", "bad"), jax.random.key(0))
+    batch = T.to_batch(out.trajectories)
+    t = out.trajectories[0]
+    p = len(t.job.prompt_ids)
+    n = p + len(t.response_ids)
+    assert batch.tokens.shape[1] == T.bucket(max(batch.lengths))
+    np.testing.assert_array_equal(batch.tokens[0, :n], list(t.job.prompt_ids) + list(t.response_ids))
+    assert batch.loss_mask[0, :p].sum() == 0 and batch.loss_mask[0, n:].sum() == 0
+    np.testing.assert_array_equal(batch.loss_mask[0, p:n], t.loss_mask)
+    assert batch.meta_index[0] == 0 and batch.meta_mask[0].sum() == 1
+    m = t.meta_actions[0]
+    assert batch.meta_tokens[0, len(m.prompt_ids)] == m.action_ids[0]

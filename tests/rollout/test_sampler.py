@@ -1,0 +1,103 @@
+"""The sampler against full forwards: greedy decoding, chunk appends, stops, and sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from searchr2_jax.models import decoder
+from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.rollout import sampler
+
+CFG = DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                    intermediate_size=48, rope_theta=10000.0)
+PARAMS = decoder.init_params(CFG, jax.random.key(3), std=0.3)  # peaked logits: a clear argmax
+NEVER = sampler.make_stop_table([([CFG.vocab_size + 5], 0)])  # an id no model emits
+GREEDY = sampler.sampling_params(0.0)
+
+
+def _argmax_continuation(seq, n):
+    seq = list(seq)
+    for _ in range(n):
+        logits, _ = decoder.apply(CFG, PARAMS, jnp.asarray([seq]))
+        seq.append(int(jnp.argmax(logits[0, -1])))
+    return seq
+
+
+def _start(prompts, R=16, cap=48):
+    state = sampler.init_slots(CFG, len(prompts), cap, R)
+    C = max(map(len, prompts))
+    chunk = np.zeros((len(prompts), C), np.int32)
+    valid = np.zeros((len(prompts), C), bool)
+    for i, p in enumerate(prompts):
+        chunk[i, :len(p)], valid[i, :len(p)] = p, True
+    n = len(prompts)
+    t, f = np.ones(n, bool), np.zeros(n, bool)
+    return sampler.append_rows(CFG, PARAMS, state, np.arange(n, dtype=np.int32), chunk, valid, t, t, f)
+
+
+def test_greedy_equals_stepwise_argmax_of_full_forwards():
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]  # rows at different positions
+    state = _start(prompts)
+    state, steps = sampler.decode_segment(CFG, PARAMS, state, NEVER, GREEDY, 6, jax.random.key(0))
+    assert int(steps) == 6
+    for b, p in enumerate(prompts):
+        assert list(np.asarray(state.tokens[b, :6])) == _argmax_continuation(p, 6)[len(p):]
+    # Segments compose: 6 more steps continue exactly where the first segment stopped.
+    state, _ = sampler.decode_segment(CFG, PARAMS, state, NEVER, GREEDY, 6, jax.random.key(1))
+    for b, p in enumerate(prompts):
+        assert list(np.asarray(state.tokens[b, :12])) == _argmax_continuation(p, 12)[len(p):]
+    np.testing.assert_array_equal(np.asarray(state.loss_mask[:, :12]), 1)
+
+
+def test_observation_chunk_then_decoding_equals_full_forward():
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    state = _start(prompts, R=24)
+    state, _ = sampler.decode_segment(CFG, PARAMS, state, NEVER, GREEDY, 3, jax.random.key(0))
+    obs = [[11, 12, 13, 14, 15], [16, 17]]  # uneven observation lengths, appended as one padded chunk
+    chunk = np.zeros((2, 5), np.int32)
+    valid = np.zeros((2, 5), bool)
+    for i, o in enumerate(obs):
+        chunk[i, :len(o)], valid[i, :len(o)] = o, True
+    f, t = np.zeros(2, bool), np.ones(2, bool)
+    state = sampler.append_rows(CFG, PARAMS, state, np.arange(2, dtype=np.int32), chunk, valid, f, f, t)
+    state, _ = sampler.decode_segment(CFG, PARAMS, state, NEVER, GREEDY, 4, jax.random.key(0))
+    for b, p in enumerate(prompts):
+        first = _argmax_continuation(p, 3)[len(p):]
+        full = _argmax_continuation(p + first + obs[b], 4)
+        n = 3 + len(obs[b]) + 4
+        assert list(np.asarray(state.tokens[b, :n])) == full[len(p):]
+        # loss mask: generated tokens only, never the observation
+        expected = [1] * 3 + [0] * len(obs[b]) + [1] * 4
+        assert list(np.asarray(state.loss_mask[b, :n])) == expected
+        assert int(state.length[b]) == n
+
+
+def test_stop_sequences_end_rows_with_no_token_after():
+    prompt = [1, 2, 3]
+    cont = _argmax_continuation(prompt, 8)[3:]
+    stop = cont[3:5]  # a two-token stop that greedy decoding reaches after 5 tokens
+    stops = sampler.make_stop_table([(stop, 7), ([CFG.vocab_size + 1], 2)])
+    state = _start([prompt, [9, 9, 9]])
+    state, _ = sampler.decode_segment(CFG, PARAMS, state, stops, GREEDY, 20, jax.random.key(0))
+    first_hit = next(i for i in range(2, 9) if cont[i - 2:i] == stop)
+    assert int(state.length[0]) == first_hit
+    assert int(state.status[0]) == sampler.STOP_SEQUENCE and int(state.stop_kind[0]) == 7
+    # the other row runs to the response budget
+    assert int(state.status[1]) == sampler.STOP_BUDGET and int(state.length[1]) == 16
+
+
+def test_match_stops_ignores_tokens_before_the_response():
+    stops = sampler.make_stop_table([([5, 6], 1)])
+    tokens = jnp.asarray([[6, 0, 0], [5, 6, 0]])
+    np.testing.assert_array_equal(np.asarray(sampler.match_stops(tokens, jnp.asarray([1, 2]), stops)), [-1, 1])
+
+
+def test_sampling_logprobs_are_full_distribution_and_top_p_narrows():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    sp = sampler.sampling_params(1.0, 0.6)
+    draws = [int(sampler.sample_token(logits, jax.random.key(i), sp)[0][0]) for i in range(200)]
+    assert set(draws) <= {0, 1}  # 0.5 < 0.6 <= 0.8: the top two
+    tok, lp = sampler.sample_token(logits, jax.random.key(0), sampler.sampling_params(1.0, 1.0))
+    np.testing.assert_allclose(float(lp[0]), np.log([0.5, 0.3, 0.15, 0.05])[int(tok[0])], rtol=1e-5)
+    tok, _ = sampler.sample_token(logits, jax.random.key(0), sampler.sampling_params(0.0, 1.0))
+    assert int(tok[0]) == 0
