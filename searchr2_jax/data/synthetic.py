@@ -73,6 +73,12 @@ class WorldConfig:
     num_questions: int = 10_000
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/dev/test, over question subjects
 
+    @classmethod
+    def tiny(cls, seed: int = 0, num_questions: int = 600) -> "WorldConfig":
+        """About 200 entities: for tests and CPU smoke runs."""
+        return cls(seed=seed, num_people=120, num_companies=30, num_cities=30, num_countries=6, num_universities=8,
+                   num_distractors=10, num_questions=num_questions)
+
 
 @dataclasses.dataclass
 class Entity:
@@ -275,8 +281,7 @@ def write_world(world: World, out_dir: str, write_jsonl: Callable | None = None)
         paths[split] = os.path.join(out_dir, f"{split}.jsonl")
         with open(paths[split], "w", encoding="utf-8") as f:
             for q in qs:
-                f.write(json.dumps({"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers),
-                                    "metadata": q.metadata}, ensure_ascii=False) + "\n")
+                f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
     paths["world"] = os.path.join(out_dir, "world.json")
     with open(paths["world"], "w", encoding="utf-8") as f:
         json.dump({"config": dataclasses.asdict(world.config), "num_entities": len(world.entities),
