@@ -1,0 +1,118 @@
+"""Scripted demonstrations: exact protocol, sound ones answer correctly, flaws labelled at their first bad step."""
+
+import random
+
+import pytest
+
+from searchr2_jax.data.demos import FLAWS, DemoWriter
+from searchr2_jax.data.synthetic import WorldConfig, generate_world
+from searchr2_jax.text import protocol as P
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_world(WorldConfig.tiny())
+
+
+@pytest.fixture(scope="module")
+def writer(world):
+    return DemoWriter(world)
+
+
+def _replay(demo):
+    """Parse every generated turn as the rollout would; return the parsed turns."""
+    return [P.parse_turn(s.text) for s in demo.response if s.generated]
+
+
+def test_sound_demos_follow_the_protocol_and_answer_correctly(world, writer):
+    for ex in world.questions[:150]:
+        demo = writer.demo(ex)
+        turns = _replay(demo)
+        assert [t.status for t in turns] == ["search"] * ex.metadata["hops"] + ["answer"]
+        assert [t.query for t in turns[:-1]] == ex.metadata["hop_queries"]
+        assert turns[-1].answer in ex.golden_answers and demo.flawed_step == 0
+        text = "".join(s.text for s in demo.response)
+        assert P.extract_answer(text) == ex.golden_answers[0]
+        # every observation is an information block holding the gold passage of its hop
+        obs = [s.text for s in demo.response if not s.generated]
+        for o, gold in zip(obs, ex.metadata["gold_passage_ids"]):
+            title = world.passages[int(gold)]["contents"].split("\n")[0].strip('"')
+            assert o.startswith("\n\n<information>Doc 1(Title: " + title + ")") and o.endswith("</information>\n\n")
+        assert all(s.text.startswith("<think> ") for s in demo.response if s.generated)
+
+
+@pytest.mark.parametrize("flaw", FLAWS)
+def test_flawed_demos_are_labelled_at_the_first_flawed_step(world, writer, flaw):
+    rng = random.Random(0)
+    checked = 0
+    for ex in world.questions[:200]:
+        for at in writer.flaw_positions(ex, flaw):
+            demo = writer.demo(ex, flaw, at, rng)
+            sound = writer.demo(ex)
+            steps, good = demo.steps, sound.steps
+            j = demo.flawed_step
+            assert 1 <= j <= len(steps)
+            # steps before the flaw are identical to the sound trajectory; step j differs
+            assert [s.assistant for s in steps[: j - 1]] == [s.assistant for s in good[: j - 1]]
+            assert steps[j - 1].assistant != good[j - 1].assistant
+            turn = P.parse_turn(steps[j - 1].assistant)
+            if flaw == "premature":
+                assert turn.status == "answer" and turn.answer not in ex.golden_answers
+                assert j <= ex.metadata["hops"]  # answered before the last search
+            elif flaw == "repeat":
+                assert turn.query == P.parse_turn(steps[j - 2].assistant).query
+                assert demo.answer in ex.golden_answers
+            else:
+                gold_title = world.entity(ex.metadata["entity_path"][at]).name
+                assert turn.status == "search" and not turn.query.startswith(gold_title + " ")
+                assert set(turn.query.split()) & set(gold_title.split())  # shares a name part
+                # and the wrong entity's passage comes back first
+                gold_eid = ex.metadata["entity_path"][at]
+                info = steps[j - 1].tool
+                top = info.split("Doc 1(Title: ")[1].split(")")[0]
+                assert top != gold_title and any(world.entity(x).name == top for x in world.lookalikes(gold_eid))
+            checked += 1
+    assert checked > 20
+
+
+def test_demo_mix_and_refiner_examples(world, writer):
+    demos = writer.demos(world.questions[:300], seed=1, flawed_fraction=0.5, max_steps=4)
+    flaws = {d.flaw for d in demos}
+    assert flaws == {None, *FLAWS}
+    for d in demos:
+        segs = d.refiner_segments(max_steps=4)
+        assert [s.generated for s in segs] == [False, True]
+        assert segs[1].text == f" {d.flawed_step}"
+        assert "Return a single integer between 0 and 4" in segs[0].text
+        assert segs[0].text.count("ASSISTANT_STEP_") == len(d.steps) <= 4
+        if d.flaw in ("lookalike", "premature"):
+            assert d.answer not in d.example.golden_answers
+        sft = d.sft_segments()
+        assert sft[0] == P.Segment(P.build_prompt(d.example.question), False)
+        assert all(s.generated == (not s.text.startswith("\n\n<information>")) for s in sft[1:])
+    assert writer.demos(world.questions[:50], seed=3) == writer.demos(world.questions[:50], seed=3)
+
+
+def test_demos_with_a_retriever_and_chat_template(world):
+    class EchoRetriever:
+        def __init__(self):
+            self.queries = []
+
+        def search(self, queries, k):
+            from searchr2_jax.retrieval.types import Passage
+
+            self.queries.extend(queries)
+            return [[Passage(str(i), f"T{i}", q) for i in range(k)] for q in queries]
+
+    class ChatTok:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "<|im_start|>user\n" + messages[-1]["content"] + "<|im_end|>\n<|im_start|>assistant\n"
+
+    r = EchoRetriever()
+    demo = DemoWriter(world, k=2, retriever=r, chat=True, tokenizer=ChatTok(), end_text="<|im_end|>").demo(
+        world.questions[0])
+    assert r.queries == list(world.questions[0].metadata["hop_queries"])
+    assert demo.prompt.startswith("<|im_start|>user\n") and demo.response[-1].text.endswith("</answer><|im_end|>")
+    assert "Doc 2(Title: T1)" in demo.response[1].text
