@@ -21,7 +21,8 @@ CORE = [
     "array-record==0.8.6",
     "grain==0.2.18",
     "gguf==0.19.0",
-    "tqdm",
+    "tqdm==4.70.1",
+    "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
 ]
 
 setup(

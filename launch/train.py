@@ -1,0 +1,39 @@
+"""Train a Search-R2 agent.
+
+  python launch/train.py --config=configs/smoke.py --workdir=/tmp/searchr2_smoke
+  python launch/train.py --config=configs/synthetic.py:variant=search_r1 --workdir=...     # an ablation row
+  python launch/train.py --config=configs/qwen2p5_7b_r2.py --workdir=gs://... --multihost  # a TPU pod
+
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer go", required=True)
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (one process per host)")
+
+
+def main(argv):
+    del argv
+    import jax
+
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    from searchr2_jax.trainer import Trainer
+
+    logging.info("devices: %s", jax.devices())
+    trainer = Trainer(_CONFIG.value, _WORKDIR.value)
+    final = trainer.run()
+    print(json.dumps({k: round(v, 4) for k, v in sorted(final.items())}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,50 @@
+"""Metric sinks: JSONL (one object per step, the record of truth) and TensorBoard (tensorboardX, no TensorFlow).
+
+Only process 0 writes. Values are pulled to the host once per logged step, never inside the loop's hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> dict:
+        """Writes scalars; returns them as plain floats (for the progress bar)."""
+        host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items() if np.size(v) == 1}
+        if self.enabled:
+            self._file.write(json.dumps({"step": int(step), "time": time.time(), **host}) + "\n")
+            self._file.flush()
+            if self._tb is not None:
+                for k, v in host.items():
+                    self._tb.add_scalar(k, v, step)
+        return host
+
+    def close(self):
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

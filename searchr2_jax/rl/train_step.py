@@ -1,0 +1,147 @@
+"""The policy-optimization step: `train_step(state, batch) -> (state, metrics)`, pure and jitted.
+
+Read top to bottom:
+  1. the batch: trajectory sequences (prompt + response) with the loss mask (1 only on model-generated tokens),
+     sampling log-probs and per-token advantages; plus the Meta-Refiner's meta-action sequences (refiner prompt +
+     chosen integer) carrying the advantage of the trajectory they produced (joint optimization, paper §2.5);
+  2. global denominators: the loss is a token mean over the *whole* batch (trajectory and meta tokens together),
+     so splitting it into micro-batches never changes it;
+  3. micro-batches run as a `lax.scan` inside the jit, each adding the gradient of its share of the global loss;
+  4. PPO-clip + KL to the frozen reference (+ optional entropy, + the critic's clipped value loss for PPO);
+  5. a non-finite loss or gradient skips the update (counted in `train/skipped`), never applied.
+The supervised warm-start step (`make_sft_step`) shares steps 2, 3 and 5 with a cross-entropy loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from searchr2_jax.models import decoder
+from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.rl import losses
+from searchr2_jax.rl.logprobs import token_logprobs
+from searchr2_jax.rl.state import TrainState
+
+
+class StepBatch(NamedTuple):
+    """Device arrays with static shapes. Position i holds token i; per-token fields describe token i."""
+
+    tokens: jax.Array  # [N, T] int32
+    valid: jax.Array  # [N, T] bool: real tokens (prompt and response), False on padding
+    loss_mask: jax.Array  # [N, T] f32: 1 on model-generated tokens only
+    old_logprobs: jax.Array  # [N, T] f32: log-probs under the sampling policy
+    advantages: jax.Array  # [N, T] f32
+    returns: jax.Array  # [N, T] f32 (PPO critic targets; zeros for GRPO)
+    old_values: jax.Array  # [N, T] f32 (PPO; zeros for GRPO)
+    meta_tokens: jax.Array  # [M, Q] int32
+    meta_valid: jax.Array  # [M, Q] bool
+    meta_mask: jax.Array  # [M, Q] f32: 1 on the chosen integer's tokens (0 everywhere when meta-actions are off)
+    meta_old_logprobs: jax.Array  # [M, Q] f32
+    meta_advantages: jax.Array  # [M, Q] f32
+
+
+def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature: float = 1.0):
+    """(log p(token i | tokens < i) [B, T] fp32 with 0 at i = 0, final hidden states)."""
+    hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=valid)
+    logits = decoder.lm_logits(cfg, params, hidden[:, :-1])
+    lp = token_logprobs(logits, tokens[:, 1:], temperature)
+    return jnp.pad(lp, ((0, 0), (1, 0))), hidden
+
+
+def _split(x, n):
+    return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+
+
+def _accumulate(loss_fn, params, micro_batches, num_micro: int):
+    """Sums value, gradient and metric sums of `loss_fn(params, mb)` over micro-batches with a `lax.scan`."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (l0, m0), g0 = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro_batches))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((l0, m0), g0))
+
+    def body(acc, mb):
+        out = grad_fn(params, mb)
+        return jax.tree.map(jnp.add, acc, out), None
+
+    ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, micro_batches, length=num_micro)
+    return loss, metrics, grads
+
+
+def _apply(state: TrainState, optimizer, loss, grads, metrics):
+    """Applies the update unless the loss or gradient is non-finite (then the state keeps its params)."""
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    metrics = dict(metrics, **{"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
+                               "train/skipped": (~finite).astype(jnp.float32)})
+    return state._replace(step=state.step + 1, params=keep(params, state.params),
+                          opt_state=keep(opt_state, state.opt_state)), metrics
+
+
+def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, optimizer, num_micro: int = 1,
+                    use_critic: bool = False, temperature: float = 1.0):
+    """Builds the jittable `train_step(state, batch) -> (state, metrics)` for GRPO (default) or PPO."""
+    use_kl = loss_cfg.kl_coef > 0
+
+    def policy_terms(params, ref_params, tokens, valid, mask, old_lp, adv):
+        logp, hidden = sequence_logprobs(cfg, params, tokens, valid, temperature)
+        ref_lp = None
+        if use_kl:
+            ref_lp = jax.lax.stop_gradient(sequence_logprobs(cfg, ref_params, tokens, valid, temperature)[0])
+        loss_sum, _, metrics = losses.policy_loss(logp, old_lp, ref_lp, adv, mask, loss_cfg)
+        return loss_sum, metrics, hidden
+
+    def loss_fn(params, mb: StepBatch, ref_params, denom, v_denom):
+        psum, pm, hidden = policy_terms(params, ref_params, mb.tokens, mb.valid, mb.loss_mask, mb.old_logprobs,
+                                        mb.advantages)
+        msum, mm, _ = policy_terms(params, ref_params, mb.meta_tokens, mb.meta_valid, mb.meta_mask,
+                                   mb.meta_old_logprobs, mb.meta_advantages)
+        loss = (psum + msum) / denom
+        # Each metric of `policy_loss` is a mean over its own tokens: weight it back to a sum, divide globally.
+        tok = jnp.sum(mb.loss_mask)
+        mtok = jnp.sum(mb.meta_mask)
+        metrics = {f"train/{k}": v * tok / denom for k, v in pm.items()}
+        metrics.update({f"train/meta_{k}": v * mtok / jnp.maximum(denom, 1.0) for k, v in mm.items()})
+        if use_critic:
+            vals = decoder.values(cfg, params, hidden)
+            vsum, _, vm = losses.value_loss(vals, mb.old_values, mb.returns, mb.loss_mask, loss_cfg)
+            loss = loss + loss_cfg.vf_coef * vsum / v_denom
+            metrics.update({f"train/{k}": v * tok / v_denom for k, v in vm.items()})
+        return loss, metrics
+
+    def train_step(state: TrainState, batch: StepBatch):
+        denom = jnp.maximum(jnp.sum(batch.loss_mask) + jnp.sum(batch.meta_mask), 1.0)
+        v_denom = jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
+        micro = jax.tree.map(lambda x: _split(x, num_micro), batch)
+        loss, metrics, grads = _accumulate(
+            lambda p, mb: loss_fn(p, mb, state.ref_params, denom, v_denom), state.params, micro, num_micro)
+        metrics["train/tokens"] = jnp.sum(batch.loss_mask)
+        metrics["train/meta_tokens"] = jnp.sum(batch.meta_mask)
+        return _apply(state, optimizer, loss, grads, metrics)
+
+    return train_step
+
+
+def make_sft_step(cfg: DecoderConfig, optimizer, num_micro: int = 1):
+    """Supervised warm start: token-mean cross-entropy on `loss_mask` tokens (demonstrations, refiner labels)."""
+
+    def loss_fn(params, mb, denom):
+        tokens, valid, mask = mb
+        logp, _ = sequence_logprobs(cfg, params, tokens, valid)
+        nll = -jnp.sum(logp * mask)
+        return nll / denom, {"sft/nll_sum": nll}
+
+    def sft_step(state: TrainState, tokens, valid, loss_mask):
+        denom = jnp.maximum(jnp.sum(loss_mask), 1.0)
+        micro = jax.tree.map(lambda x: _split(x, num_micro), (tokens, valid, loss_mask))
+        loss, metrics, grads = _accumulate(lambda p, mb: loss_fn(p, mb, denom), state.params, micro, num_micro)
+        metrics = {"sft/nll": metrics["sft/nll_sum"] / denom, "sft/tokens": denom}
+        return _apply(state, optimizer, loss, grads, metrics)
+
+    return sft_step

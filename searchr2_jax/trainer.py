@@ -1,0 +1,261 @@
+"""The trainer: data -> rollout (Actor + Meta-Refiner) -> hybrid reward -> advantages -> train step, with
+checkpoints, metrics and periodic greedy Actor-only evaluation. The one orchestrator allowed to be long.
+
+Phases share one step counter: steps [0, sft.steps) are the supervised warm start on the synthetic world's
+demonstrations (and refiner labels); steps [sft.steps, sft.steps + train.steps) are RL. A run killed at any point
+resumes from its latest checkpoint (state, PRNG key and data iterator) and continues the same streams.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from searchr2_jax import checkpoint as ckpt_lib
+from searchr2_jax import metrics as metrics_lib
+from searchr2_jax.data import demos as demos_lib
+from searchr2_jax.data import qa as qa_lib
+from searchr2_jax.data import synthetic
+from searchr2_jax.data.pipeline import QAPipeline
+from searchr2_jax.eval import evaluate as eval_lib
+from searchr2_jax.models import decoder, hf_io
+from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.retrieval.retriever import build_retriever
+from searchr2_jax.rl import advantages as adv_lib
+from searchr2_jax.rl import judges, rewards
+from searchr2_jax.rl import state as state_lib
+from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, sequence_logprobs
+from searchr2_jax.rollout import types as T
+from searchr2_jax.rollout.refiner import MetaRefiner
+from searchr2_jax.rollout.rollout import RolloutEngine
+from searchr2_jax.text import tokenizer as tok_lib
+from searchr2_jax.text.tokenizer import tokenize_segments
+
+
+class ConfigError(ValueError):
+    """An invalid configuration, found before anything compiles; the message names the field."""
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    rl, ro, rf, tr = config.rl, config.rollout, config.refiner, config.train
+    if rl.algo not in ("grpo", "ppo"):
+        raise ConfigError(f"rl.algo={rl.algo!r}: expected 'grpo' or 'ppo'")
+    if rl.algo == "grpo" and rl.group_size < 2 and not rl.rejection_sampling:
+        raise ConfigError(f"rl.group_size={rl.group_size}: GRPO normalizes within a group and needs at least 2")
+    if ro.max_turns < 1:
+        raise ConfigError(f"rollout.max_turns={ro.max_turns}: at least one assistant turn is needed")
+    if rf.enabled and not 0 <= rf.max_revisions <= 4:
+        raise ConfigError(f"refiner.max_revisions={rf.max_revisions}: expected 0..4")
+    rows = tr.prompts_per_step * rl.group_size
+    if rows % tr.micro_batches:
+        raise ConfigError(f"train.micro_batches={tr.micro_batches} does not divide the {rows} rollout rows "
+                          f"(train.prompts_per_step x rl.group_size)")
+    if config.reward.judge not in judges.JUDGES:
+        raise ConfigError(f"reward.judge={config.reward.judge!r}: expected one of {sorted(judges.JUDGES)}")
+    sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+    n = num_devices or jax.device_count()
+    fixed = int(np.prod([s for s in sizes if s != -1]))
+    if sizes.count(-1) > 1 or n % fixed or (-1 not in sizes and fixed != n):
+        raise ConfigError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) does not divide the "
+                          f"{n} devices")
+
+
+class Trainer:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        validate_config(config)
+        self.config, self.workdir = config, workdir
+        os.makedirs(workdir, exist_ok=True)
+        rng = jax.random.key(config.seed)
+        self.data_rng, init_rng, state_rng = jax.random.split(rng, 3)
+
+        # --- data, retrieval, tokenizer, model
+        self.world = synthetic.generate_world(synthetic.WorldConfig(**config.data.world))
+        self.train_examples = self.world.splits[config.data.train_split]
+        self.eval_examples = self.world.splits[config.data.eval_split][: config.data.eval_examples]
+        self.retriever = build_retriever(config.retrieval, corpus=self.world.corpus())
+        self.tokenizer = self._tokenizer()
+        self.model_cfg, params = self._model(init_rng)
+
+        # --- rollout engine (Actor + Meta-Refiner share the model)
+        refiner = MetaRefiner(self.model_cfg, self.tokenizer, config.refiner, config.rollout.max_turns)
+        self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner)
+        self.judge = judges.make_judge(config.reward.judge, **dict(config.reward.judge_kwargs))
+
+        # --- optimization
+        self.sft_steps, self.rl_steps = config.sft.steps, config.train.steps
+        self.sft_opt = state_lib.make_optimizer(config.sft.optim, max(self.sft_steps, 1))
+        self.rl_opt = state_lib.make_optimizer(config.optim, max(self.rl_steps, 1))
+        use_ref = config.rl.loss.kl_coef > 0
+        self.state = state_lib.init_state(params, self.rl_opt, state_rng, with_reference=use_ref)
+        self.sft_step = jax.jit(make_sft_step(self.model_cfg, self.sft_opt, config.train.micro_batches),
+                                donate_argnums=0)
+        self.train_step = jax.jit(make_train_step(self.model_cfg, config.rl.loss, self.rl_opt,
+                                                  config.train.micro_batches, use_critic=config.rl.algo == "ppo",
+                                                  temperature=config.rollout.temperature), donate_argnums=0)
+        self.pipeline = QAPipeline(self.train_examples, batch_size=config.train.prompts_per_step,
+                                   group_size=config.rl.group_size, seed=config.seed)
+        self.iterator = iter(self.pipeline)
+        self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+        self.writer = metrics_lib.MetricWriter(workdir)
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    def _tokenizer(self):
+        path = self.config.model.tokenizer
+        if path != "world":
+            return tok_lib.load_tokenizer(path)
+        from searchr2_jax.data.world_tokenizer import train_world_tokenizer
+
+        out = os.path.join(self.workdir, "tokenizer")
+        if os.path.exists(os.path.join(out, "tokenizer.json")):
+            return tok_lib.load_tokenizer(out)
+        return train_world_tokenizer(self.world, vocab_size=self.config.model.vocab_size, out_dir=out)
+
+    def _model(self, rng):
+        m = self.config.model
+        if m.hf_path:
+            cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, remat=m.remat,
+                                                value_head=self.config.rl.algo == "ppo")
+            return hf_io.load_params(m.hf_path, cfg)
+        # A from-scratch model sized by config; the embedding matches the tokenizer exactly (never resized later).
+        cfg = DecoderConfig(vocab_size=len(self.tokenizer), dtype=m.dtype, remat=m.remat,
+                            value_head=self.config.rl.algo == "ppo", tie_word_embeddings=True, **dict(m.init))
+        return cfg, decoder.init_params(cfg, rng)
+
+    # ------------------------------------------------------------------------------------------ phases
+
+    def sft_batches(self):
+        """Endless deterministic batches of demonstrations (and refiner examples), tokenized with loss masks."""
+        c = self.config.sft
+        writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk, retriever=self.retriever)
+        rng = np.random.default_rng(self.config.seed)
+        examples = self.train_examples
+        L = c.seq_len
+        while True:
+            idx = rng.choice(len(examples), size=c.batch_size, replace=False)
+            demos = writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
+                                 flawed_fraction=c.flawed_fraction)
+            tokens = np.zeros((c.batch_size, L), np.int32)
+            mask = np.zeros((c.batch_size, L), np.float32)
+            valid = np.zeros((c.batch_size, L), bool)
+            for r, d in enumerate(demos):
+                # Sound demos teach the Actor; a share of them and every flawed demo teach the refiner its label
+                # (the first flawed step, 0 when sound) under the same prompt the rollout's refiner builds.
+                if d.flawed_step == 0 and rng.random() >= c.refiner_fraction:
+                    segs = d.sft_segments()
+                else:
+                    segs = d.refiner_segments()
+                ids, m = tokenize_segments(self.tokenizer, segs)
+                ids, m = ids[:L], m[:L]
+                tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
+            yield tokens, valid, mask
+
+    def rollout_and_score(self, params, batch, rng):
+        """Rollouts for one group batch, then EM, process reward and the hybrid reward per trajectory."""
+        jobs = eval_lib.make_jobs(batch.examples, self.tokenizer, self.config.model.chat, batch.group_size,
+                                  batch.group_ids)
+        out = self.engine.run(params, jobs, rng, use_refiner=self.config.refiner.enabled)
+        trajs = out.trajectories
+        em, f1 = eval_lib.score(trajs)
+        useful = np.zeros(len(trajs), np.float32)
+        if not self.config.reward.outcome_only and self.config.reward.judge != "none":
+            useful = np.asarray([self.judge.count_useful(t.job.question, t.job.golden_answers,
+                                                         [turn.passages for turn in t.searches],
+                                                         gold_ids=t.job.metadata.get("gold_ids"))
+                                 for t in trajs], np.float32)
+        searches = np.asarray([len(t.searches) for t in trajs], np.float32)
+        reward = np.asarray([rewards.hybrid_reward(e, u, m, outcome_only=self.config.reward.outcome_only)
+                             for e, u, m in zip(em, useful, searches)], np.float32)
+        density = np.where(searches > 0, useful / np.maximum(searches, 1), 0.0)
+        metrics = dict(out.metrics, **{"reward/mean": reward.mean(), "reward/em": em.mean(), "reward/f1": f1.mean(),
+                                       "reward/density": density.mean()})
+        return trajs, reward, metrics
+
+    def step_batch(self, trajs, reward) -> StepBatch:
+        """Advantages (GRPO by group id, or rejection sampling), broadcast onto generated and meta-action tokens."""
+        c = self.config
+        if c.rl.rejection_sampling:
+            seq_adv = (reward > 0).astype(np.float32)  # learn only from successful trajectories, as SFT would
+        else:
+            gid = np.asarray([t.job.group_id for t in trajs])
+            seq_adv = np.asarray(adv_lib.grpo_advantages(jnp.asarray(reward), jnp.asarray(
+                np.unique(gid, return_inverse=True)[1]), normalize_std=c.rl.normalize_std))
+        M = T.bucket(len(trajs), minimum=c.train.micro_batches)  # at most one meta-action per revision budget
+        b = T.to_batch(trajs, num_meta=M * max(c.refiner.max_revisions, 1))
+        adv_tok = seq_adv[:, None] * (b.loss_mask > 0)
+        train_meta = c.refiner.enabled and c.rl.train_meta_actions
+        meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * b.meta_mask
+        valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]
+        mvalid = b.meta_tokens != 0
+        mvalid[:, 0] = True
+        zeros = np.zeros(b.tokens.shape, np.float32)
+        return StepBatch(b.tokens, valid, b.loss_mask.astype(np.float32), b.logprobs, adv_tok.astype(np.float32),
+                         zeros, zeros, b.meta_tokens, mvalid, (b.meta_mask * train_meta).astype(np.float32),
+                         b.meta_logprobs, meta_adv.astype(np.float32))
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def restore(self) -> int:
+        step = self.ckpt.latest_step()
+        if step is None:
+            return 0
+        self.state, data = self.ckpt.restore(self.state)
+        if data.get("iterator"):
+            self.iterator.set_state(data["iterator"])
+        logging.info("resumed from step %d", step)
+        return int(step)
+
+    def save(self, step: int, force: bool = False):
+        self.ckpt.save(step, self.state, {"iterator": self.iterator.get_state()}, force=force)
+
+    def run(self) -> dict:
+        c = self.config
+        total = self.sft_steps + self.rl_steps
+        step = self.restore()
+        sft_data = self.sft_batches()
+        last = {}
+        t_run = time.time()
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="train", disable=not c.train.progress, dynamic_ncols=True)
+        while step < total:
+            t0 = time.time()
+            if step < self.sft_steps:
+                tokens, valid, mask = next(sft_data)
+                self.state, metrics = self.sft_step(self.state, tokens, valid, mask)
+            else:
+                if step == self.sft_steps and step > 0:  # phase switch: fresh RL optimizer, reference = warm start
+                    self.state = self.state._replace(opt_state=self.rl_opt.init(self.state.params))
+                    if self.state.ref_params is not None:
+                        self.state = self.state._replace(ref_params=jax.tree.map(jnp.copy, self.state.params))
+                batch = next(self.iterator)
+                rng = jax.random.fold_in(self.data_rng, step)
+                trajs, reward, metrics = self.rollout_and_score(self.state.params, batch, rng)
+                self.state, step_metrics = self.train_step(self.state, self.step_batch(trajs, reward))
+                metrics.update(step_metrics)
+            step += 1
+            metrics["perf/step_time_s"] = time.time() - t0
+            if step % c.train.log_every == 0 or step == total:
+                last = self.writer.write(step, metrics)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
+                                 if k in ("sft/nll", "train/loss", "reward/mean", "reward/em")})
+            if step > self.sft_steps and (step - self.sft_steps) % c.train.eval_every == 0 or (
+                    step == total and c.train.eval_every > 0):
+                table = eval_lib.evaluate(self.engine, self.state.params, self.eval_examples,
+                                          jax.random.fold_in(self.data_rng, -step))
+                last.update(self.writer.write(step, table))
+                logging.info("step %d eval\n%s", step, eval_lib.format_table(table))
+            if step % c.train.ckpt_every == 0 or step == total:
+                self.save(step, force=step == total)
+            bar.update(1)
+        bar.close()
+        self.ckpt.close()
+        self.writer.close()
+        last["perf/wall_s"] = time.time() - t_run
+        return last
