@@ -24,7 +24,7 @@ from searchr2_jax.data import qa as qa_lib
 from searchr2_jax.data import synthetic
 from searchr2_jax.data.pipeline import QAPipeline
 from searchr2_jax.eval import evaluate as eval_lib
-from searchr2_jax.models import decoder, hf_io
+from searchr2_jax.models import decoder, hf_io, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.retrieval.retriever import build_retriever
 from searchr2_jax.rl import advantages as adv_lib
@@ -58,12 +58,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                           f"(train.prompts_per_step x rl.group_size)")
     if config.reward.judge not in judges.JUDGES:
         raise ConfigError(f"reward.judge={config.reward.judge!r}: expected one of {sorted(judges.JUDGES)}")
-    sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
-    n = num_devices or jax.device_count()
-    fixed = int(np.prod([s for s in sizes if s != -1]))
-    if sizes.count(-1) > 1 or n % fixed or (-1 not in sizes and fixed != n):
-        raise ConfigError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) does not divide the "
-                          f"{n} devices")
+    try:
+        data, fsdp, _ = sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
+    except sharding.ShardingError as e:
+        raise ConfigError(str(e)) from e
+    if (rows // tr.micro_batches) % (data * fsdp):
+        raise ConfigError(f"a micro-batch of {rows // tr.micro_batches} rows does not split over the mesh's "
+                          f"data x fsdp = {data * fsdp} devices (train.prompts_per_step, rl.group_size)")
 
 
 class Trainer:
@@ -80,11 +81,13 @@ class Trainer:
         self.eval_examples = self.world.splits[config.data.eval_split][: config.data.eval_examples]
         self.retriever = build_retriever(config.retrieval, corpus=self.world.corpus())
         self.tokenizer = self._tokenizer()
+        self.mesh = sharding.make_mesh(config.mesh)
         self.model_cfg, params = self._model(init_rng)
 
         # --- rollout engine (Actor + Meta-Refiner share the model)
         refiner = MetaRefiner(self.model_cfg, self.tokenizer, config.refiner, config.rollout.max_turns)
-        self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner)
+        self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner,
+                                    mesh=self.mesh)
         self.judge = judges.make_judge(config.reward.judge, **dict(config.reward.judge_kwargs))
 
         # --- optimization
@@ -92,12 +95,19 @@ class Trainer:
         self.sft_opt = state_lib.make_optimizer(config.sft.optim, max(self.sft_steps, 1))
         self.rl_opt = state_lib.make_optimizer(config.optim, max(self.rl_steps, 1))
         use_ref = config.rl.loss.kl_coef > 0
-        self.state = state_lib.init_state(params, self.rl_opt, state_rng, with_reference=use_ref)
+        state = state_lib.init_state(params, self.rl_opt, state_rng, with_reference=use_ref)
+        # Every parameter and optimizer leaf is placed by the partition rules; batches split over data x fsdp.
+        self.state_shardings = sharding.tree_shardings(state, self.mesh)
+        self.state = jax.device_put(state, self.state_shardings)
+        rows = sharding.batch_sharding(self.mesh, 2)
         self.sft_step = jax.jit(make_sft_step(self.model_cfg, self.sft_opt, config.train.micro_batches),
-                                donate_argnums=0)
+                                in_shardings=(self.state_shardings, rows, rows, rows),
+                                out_shardings=(self.state_shardings, None), donate_argnums=0)
         self.train_step = jax.jit(make_train_step(self.model_cfg, config.rl.loss, self.rl_opt,
                                                   config.train.micro_batches, use_critic=config.rl.algo == "ppo",
-                                                  temperature=config.rollout.temperature), donate_argnums=0)
+                                                  temperature=config.rollout.temperature),
+                                  in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, None),
+                                  donate_argnums=0)
         self.pipeline = QAPipeline(self.train_examples, batch_size=config.train.prompts_per_step,
                                    group_size=config.rl.group_size, seed=config.seed)
         self.iterator = iter(self.pipeline)
@@ -122,7 +132,7 @@ class Trainer:
         if m.hf_path:
             cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, remat=m.remat,
                                                 value_head=self.config.rl.algo == "ppo")
-            return hf_io.load_params(m.hf_path, cfg)
+            return hf_io.load_params(m.hf_path, cfg, shardings=sharding.param_shardings(cfg, self.mesh))
         # A from-scratch model sized by config; the embedding matches the tokenizer exactly (never resized later).
         cfg = DecoderConfig(vocab_size=len(self.tokenizer), dtype=m.dtype, remat=m.remat,
                             value_head=self.config.rl.algo == "ppo", tie_word_embeddings=True, **dict(m.init))

@@ -101,8 +101,10 @@ class RolloutOutput:
 
 class RolloutEngine:
     def __init__(self, cfg: DecoderConfig, tokenizer, retriever: Retriever | None,
-                 config: ml_collections.ConfigDict | None = None, refiner: MetaRefiner | None = None):
+                 config: ml_collections.ConfigDict | None = None, refiner: MetaRefiner | None = None,
+                 mesh=None):
         self.cfg = cfg
+        self.mesh = mesh
         self.tokenizer = tokenizer
         self.retriever = retriever
         self.config = config or default_rollout_config()
@@ -130,6 +132,8 @@ class RolloutEngine:
         rng, host_key = jax.random.split(rng)
         host_rng = np.random.default_rng(int(jax.random.randint(host_key, (), 0, 2**31 - 1)))
         state = sampler.init_slots(self.cfg, B, self.capacity, R)
+        if self.mesh is not None:  # slots split over data x fsdp like any batch, kv heads over tensor
+            state = jax.device_put(state, self._slot_shardings(state))
         out: list[T.Trajectory | None] = [None] * len(jobs)
         queue = collections.deque()
         for i, job in enumerate(jobs):
@@ -183,6 +187,13 @@ class RolloutEngine:
         wall = time.perf_counter() - t_start
         device_s += m["refiner_score_s"]
         return RolloutOutput(list(out), self._metrics(out, m, wall, device_s))
+
+    def _slot_shardings(self, state):
+        from searchr2_jax.models import sharding
+
+        rows = lambda x: sharding.batch_sharding(self.mesh, x.shape)
+        cache = sharding.cache_shardings(self.cfg, self.mesh, self.config.slots, self.capacity)
+        return state._replace(cache=cache, **{k: rows(v) for k, v in state._asdict().items() if k != "cache"})
 
     # ---------------------------------------------------------------------------------------------- steps
 
