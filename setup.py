@@ -13,6 +13,7 @@ CORE = [
     "absl-py==2.5.1",
     "numpy==2.4.6",
     "faiss-cpu==1.15.1",
+    "bm25s==0.3.16",  # BM25 backend: scipy-sparse scores, pure Python (numpy/scipy only; no Java)
     "transformers==5.12.1",  # tokenizers, configs and chat templates only (5.x has no Flax models)
     "tokenizers==0.22.2",
     "safetensors==0.7.0",
