@@ -105,23 +105,32 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 
 def attention(q, k, v, mask, cfg: DecoderConfig):
-    """q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H*hd]. GQA without repeating k/v."""
+    """q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H*hd]. GQA without repeating k/v.
+
+    Heads go to the front and a kv head's g query heads are merged with time into one [g*T, hd] operand, so both
+    products are plain batched matmuls over (B, K): on CPU this runs 1.6-1.8x faster (forward and backward) than
+    contracting 5-D operands with time in the middle.
+    """
     b, t, h, hd = q.shape
-    g = h // cfg.num_kv_heads
-    q = q.reshape(b, t, cfg.num_kv_heads, g, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-    scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h * hd)
+    kh = cfg.num_kv_heads
+    g = h // kh
+    q = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
+    k = k.transpose(0, 2, 1, 3)  # [B, K, S, hd]
+    v = v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    scores = jnp.where(mask[:, None, None, :, :], scores.reshape(b, kh, g, t, -1), NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kh, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)  # [B, K, g*T, hd]
+    return out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
 
 
 def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
     """One pre-norm block. `kv_fn(k, v) -> (keys, values, mask)` decides what the queries attend to."""
-    b, t, _ = h.shape
+    b, t, d = h.shape
     dt = cfg.jnp_dtype
     p = jax.tree.map(lambda w: w.astype(dt), p)
-    x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
+    # Projections on [B*T, D]: XLA:CPU's gradient of a 3-D activation times a 2-D weight is ~1.7x slower.
+    x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps).reshape(b * t, d)
     q, k, v = x @ p["wq"], x @ p["wk"], x @ p["wv"]
     if cfg.attention_bias:
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
@@ -134,9 +143,9 @@ def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
     keys, values, mask = kv_fn(k, v)
-    h = h + attention(q, keys, values, mask, cfg) @ p["wo"]
-    x = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps)
-    h = h + (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
+    h = h + (attention(q, keys, values, mask, cfg).reshape(b * t, -1) @ p["wo"]).reshape(b, t, d)
+    x = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, d)
+    h = h + ((jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]).reshape(b, t, d)
     return h
 
 
@@ -208,7 +217,10 @@ def forward_hidden(
 def lm_logits(cfg: DecoderConfig, params: dict, hidden: jax.Array) -> jax.Array:
     """fp32 logits over the full embedding rows (never resized to a tokenizer's vocabulary)."""
     w = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
-    return jnp.dot(hidden.astype(cfg.jnp_dtype), w.astype(cfg.jnp_dtype), preferred_element_type=jnp.float32)
+    # On [N, D] rows: XLA:CPU differentiates a 2-D matmul much faster than a 3-D one (see _layer).
+    flat = hidden.reshape(-1, hidden.shape[-1]).astype(cfg.jnp_dtype)
+    logits = jnp.dot(flat, w.astype(cfg.jnp_dtype), preferred_element_type=jnp.float32)
+    return logits.reshape(*hidden.shape[:-1], w.shape[-1])
 
 
 def values(cfg: DecoderConfig, params: dict, hidden: jax.Array) -> jax.Array:
