@@ -166,11 +166,12 @@ class Trainer:
                 tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
             yield tokens, valid, mask
 
-    def rollout_and_score(self, params, batch, rng):
+    def rollout_and_score(self, params, batch, rng, use_refiner: bool | None = None):
         """Rollouts for one group batch, then EM, process reward and the hybrid reward per trajectory."""
+        use_refiner = self.config.refiner.enabled if use_refiner is None else use_refiner
         jobs = eval_lib.make_jobs(batch.examples, self.tokenizer, self.config.model.chat, batch.group_size,
                                   batch.group_ids)
-        out = self.engine.run(params, jobs, rng, use_refiner=self.config.refiner.enabled)
+        out = self.engine.run(params, jobs, rng, use_refiner=use_refiner)
         trajs = out.trajectories
         em, f1 = eval_lib.score(trajs)
         useful = np.zeros(len(trajs), np.float32)

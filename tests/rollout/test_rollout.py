@@ -219,3 +219,13 @@ def test_trajectory_batch_layout():
     assert batch.meta_index[0] == 0 and batch.meta_mask[0].sum() == 1
     m = t.meta_actions[0]
     assert batch.meta_tokens[0, len(m.prompt_ids)] == m.action_ids[0]
+
+
+def test_render_shows_turns_queries_passages_and_refiner_decision():
+    from searchr2_jax.rollout.render import render_trajectory
+
+    eng, params = engine(refiner=True, refiner_choice="2")
+    (t,) = eng.run(params, jobs("go"), jax.random.key(0)).trajectories
+    text = render_trajectory(t, TOK)
+    assert "status answered" in text and "query: 'alpha'" in text and "[alpha-0] T0" in text
+    assert "revise from step 2" in text and f"kept {t.kept_tokens[0]} tokens" in text

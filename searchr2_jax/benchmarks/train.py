@@ -1,0 +1,74 @@
+"""Training-step benchmark: a whole RL step (rollout + reward + train step) for the SmolLM2-135M-Instruct model on the
+synthetic world, Search-R1 (refiner off) against Search-R2 (refiner on, meta-actions trained), same prompts, same n,
+in one process. Each variant is timed on its second step so compilation is excluded.
+
+  step_time_r1, step_time_r2   seconds per RL step
+  r2_overhead                  step_time_r2 / step_time_r1 - 1 (the paper reports +5% on average, Table 5)
+  train_step_mfu               model FLOPs of the jitted train step / its time / the matmul peak measured here
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from searchr2_jax.benchmarks.model import matmul_peak_gflops
+
+
+def _config(quick: bool):
+    from configs.smollm2_135m import get_config
+
+    c = get_config(f"steps=4,prompts={2 if quick else 4}")
+    c.rollout.update(dict(slots=8 if quick else 20, max_response_tokens=128 if quick else 384,
+                          max_obs_tokens=192, max_prompt_tokens=256))
+    c.rl.group_size = 4 if quick else 5
+    c.train.update(dict(micro_batches=2, progress=False, eval_every=0))
+    c.data.world = dict(seed=0, num_people=120, num_companies=30, num_cities=30, num_countries=6,
+                        num_universities=8, num_distractors=10, num_questions=600) if quick else dict(seed=0)
+    c.mesh.update(dict(data=1, fsdp=1, tensor=1))
+    return c
+
+
+def run(quick: bool = False) -> dict:
+    import tempfile
+
+    from searchr2_jax.trainer import Trainer
+
+    config = _config(quick)
+    trainer = Trainer(config, tempfile.mkdtemp(prefix="searchr2_bench_"))
+    batch = next(trainer.iterator)
+    rng = jax.random.key(0)
+    n_params = trainer.model_cfg.num_params()
+
+    def one_step(use_refiner: bool, train_meta: bool):
+        trainer.config.rl.train_meta_actions = train_meta
+        t0 = time.perf_counter()
+        trajs, reward, _ = trainer.rollout_and_score(trainer.state.params, batch, rng, use_refiner=use_refiner)
+        sb = trainer.step_batch(trajs, reward)
+        t1 = time.perf_counter()
+        trainer.state, metrics = trainer.train_step(trainer.state, sb)
+        jax.block_until_ready(metrics)
+        t2 = time.perf_counter()
+        tokens = float(np.sum(sb.valid)) + float(np.sum(sb.meta_valid))
+        return t2 - t0, t2 - t1, tokens, sb
+
+    figures = {}
+    for name, (ref, meta) in {"r1": (False, False), "r2": (True, True)}.items():
+        one_step(ref, meta)  # compile
+        total, step_s, tokens, sb = one_step(ref, meta)
+        figures[f"step_time_{name}"] = total
+        figures[f"train_step_s_{name}"] = step_s
+        figures[f"train_tokens_{name}"] = tokens
+        if name == "r2":
+            # forward + backward = 6 N per token, plus the frozen reference's forward (2 N) for the KL term,
+            # counted over every real token of the padded batch (trajectories and meta-action sequences).
+            use_ref = trainer.state.ref_params is not None
+            flops = (6 + (2 if use_ref else 0)) * n_params * tokens
+            peak = max(matmul_peak_gflops(n, repeats=3) for n in (1024, 2048)) * 1e9
+            figures["train_step_mfu"] = flops / step_s / peak
+            figures["matmul_peak_gflops"] = peak / 1e9
+    figures["r2_overhead"] = figures["step_time_r2"] / figures["step_time_r1"] - 1.0
+    figures["rows"] = float(len(batch.examples) * batch.group_size)
+    return figures

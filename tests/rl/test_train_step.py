@@ -1,0 +1,124 @@
+"""The jitted train step: micro-batch invariance, mesh equivalence, skipped non-finite updates, SFT."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from searchr2_jax.models import decoder, sharding
+from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.rl import state as state_lib
+from searchr2_jax.rl.losses import default_loss_config
+from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, sequence_logprobs
+
+CFG = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                    intermediate_size=64, rope_theta=10000.0, tie_word_embeddings=True)
+
+
+def _batch(n=8, t=24, m=8, q=16, seed=0) -> StepBatch:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(t // 2, t + 1, size=n)
+    valid = np.arange(t)[None] < lengths[:, None]
+    mask = valid & (np.arange(t)[None] >= 6)
+    mask[:, 10:13] = False  # a retrieved span inside the response
+    mvalid = np.arange(q)[None] < 12
+    mmask = np.zeros((m, q), bool)
+    mmask[:, 11] = True
+    adv = rng.normal(size=(n, 1)).astype(np.float32)
+    madv = rng.normal(size=(m, 1)).astype(np.float32)
+    return StepBatch(
+        tokens=rng.integers(1, CFG.vocab_size, size=(n, t)).astype(np.int32), valid=valid,
+        loss_mask=mask.astype(np.float32), old_logprobs=(-3.0 + 0.1 * rng.normal(size=(n, t))).astype(np.float32) * mask,
+        advantages=(adv * mask).astype(np.float32), returns=np.zeros((n, t), np.float32),
+        old_values=np.zeros((n, t), np.float32), meta_tokens=rng.integers(1, CFG.vocab_size, size=(m, q)).astype(
+            np.int32), meta_valid=mvalid, meta_mask=mmask.astype(np.float32),
+        meta_old_logprobs=(-4.0 * mmask).astype(np.float32), meta_advantages=(madv * mmask).astype(np.float32))
+
+
+def _state(kl=0.001):
+    params = decoder.init_params(CFG, jax.random.key(0), std=0.1)
+    opt = state_lib.make_optimizer(state_lib.default_optim_config().replace(learning_rate=1e-3, warmup_ratio=0.0), 10)
+    return state_lib.init_state(params, opt, jax.random.key(1), with_reference=kl > 0), opt
+
+
+def _loss_cfg(kl=0.001):
+    c = default_loss_config()
+    c.kl_coef = kl
+    return c
+
+
+@pytest.mark.parametrize("kl", [0.0, 0.001])
+def test_loss_and_update_do_not_depend_on_micro_batches(kl):
+    batch = _batch()
+    results = []
+    for n_micro in (1, 2, 4):
+        state, opt = _state(kl)
+        step = jax.jit(make_train_step(CFG, _loss_cfg(kl), opt, num_micro=n_micro))
+        new, metrics = step(state, batch)
+        results.append((float(metrics["train/loss"]), new.params))
+    for loss, params in results[1:]:
+        np.testing.assert_allclose(loss, results[0][0], rtol=1e-5, atol=1e-7)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results[0][1])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_meta_actions_contribute_only_when_masked_in():
+    state, opt = _state()
+    step = jax.jit(make_train_step(CFG, _loss_cfg(), opt))
+    batch = _batch()
+    _, with_meta = step(state, batch)
+    state, _ = _state()
+    _, without = step(state, batch._replace(meta_mask=np.zeros_like(batch.meta_mask)))
+    assert float(with_meta["train/meta_tokens"]) == 8 and float(without["train/meta_tokens"]) == 0
+    assert float(with_meta["train/loss"]) != float(without["train/loss"])
+
+
+def test_non_finite_loss_skips_the_update():
+    state, opt = _state()
+    before = jax.tree.map(np.asarray, state.params)
+    batch = _batch()
+    adv = batch.advantages.copy()
+    adv[0, 8] = np.nan
+    new, metrics = jax.jit(make_train_step(CFG, _loss_cfg(), opt))(state, batch._replace(advantages=adv))
+    assert float(metrics["train/skipped"]) == 1.0
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert int(new.step) == 1
+
+
+def test_sharded_step_equals_single_device():
+    batch = _batch()
+    state, opt = _state()
+    step = make_train_step(CFG, _loss_cfg(), opt, num_micro=2)
+    ref_state, ref_metrics = jax.jit(step)(state, batch)
+    mesh = sharding.make_mesh((2, 2, 2))
+    state, _ = _state()
+    shardings = sharding.tree_shardings(state, mesh)
+    rows = sharding.batch_sharding(mesh, 2)
+    sharded = jax.jit(step, in_shardings=(shardings, rows), out_shardings=(shardings, None))
+    new, metrics = sharded(jax.device_put(state, shardings), batch)
+    assert sharding.is_sharded(new.params["layers"]["wq"])
+    np.testing.assert_allclose(float(metrics["train/loss"]), float(ref_metrics["train/loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_sequence_logprobs_align_with_tokens():
+    params = decoder.init_params(CFG, jax.random.key(0), std=0.1)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(2, 10)), jnp.int32)
+    lp, _ = sequence_logprobs(CFG, params, tokens, jnp.ones((2, 10), bool))
+    logits, _ = decoder.apply(CFG, params, tokens)
+    expected = jax.nn.log_softmax(logits, -1)[:, 4][jnp.arange(2), tokens[:, 5]]
+    np.testing.assert_allclose(np.asarray(lp[:, 5]), np.asarray(expected), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(lp[:, 0]), 0.0)
+
+
+def test_sft_step_learns_a_repeated_batch():
+    state, opt = _state(kl=0.0)
+    sft = jax.jit(make_sft_step(CFG, opt, num_micro=2))
+    b = _batch()
+    nll = []
+    for _ in range(20):
+        state, metrics = sft(state, b.tokens, b.valid, b.loss_mask)
+        nll.append(float(metrics["sft/nll"]))
+    assert nll[-1] < 0.5 * nll[0]
