@@ -7,8 +7,9 @@
 
 Parameters are a plain dict pytree; the layers are stacked on a leading axis and run under `lax.scan`, so one
 compile covers every depth. Q, K and V are fused into one [H, 3H] matmul (one big GEMM beats three small ones on CPU).
-`TextEncoder` sorts texts by length and pads each batch to the next power of two (rows and tokens), so a short
-passage never pays for max length and the number of compiled shapes stays logarithmic.
+`TextEncoder` sorts texts by length and pads each batch to a length bucket (four per power of two: 128, 160, 192,
+224, 256, ...; rows to a power of two), so a short passage never pays for max length, padding stays under 25%, and
+the number of compiled shapes grows only with log(max length): one jit per bucket, reused ever after.
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ class EncoderConfig:
                    hidden_act=hf.get("hidden_act", "gelu"), **overrides)
 
 
-_ACTS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False), "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+def _gelu_erf(x):
+    # HF/torch's exact GELU, 0.5x(1 + erf(x/sqrt2)); jax.nn.gelu(approximate=False) uses erfc, ~3x slower on CPU.
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(np.sqrt(0.5))))
+
+
+_ACTS = {"gelu": _gelu_erf, "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
          "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True), "relu": jax.nn.relu}
 
 
@@ -89,16 +95,22 @@ def encode(params: dict, cfg: EncoderConfig, input_ids: jax.Array, attention_mas
     bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]  # [B,1,1,S] over keys
 
     def layer(h, p):
-        qkv = _dense(h, p["qkv"], dtype).reshape(B, S, 3, nh, hd)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype), preferred_element_type=jnp.float32)
-        w = jax.nn.softmax(s * (1.0 / np.sqrt(hd)) + bias, axis=-1)
-        a = jnp.einsum("bhqk,bkhd->bqhd", w.astype(dtype), v.astype(dtype), preferred_element_type=jnp.float32)
-        h = _layer_norm(h + _dense(a.reshape(B, S, H), p["attn_out"], dtype), p["attn_ln"], cfg.layer_norm_eps)
+        # Heads-first [3, B, nh, S, hd]: XLA:CPU runs the attention dots ~6x faster than in [B, S, nh, hd] layout.
+        qkv = _dense(h, p["qkv"], dtype).reshape(B, S, 3, nh, hd).transpose(2, 0, 3, 1, 4).astype(dtype)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * np.asarray(1.0 / np.sqrt(hd), dtype)  # scale the [S, hd] queries, not the [S, S] scores
+        s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
+        e = jnp.exp(s - s.max(-1, keepdims=True))  # plain softmax: half the time of jax.nn.softmax on CPU
+        w = e / e.sum(-1, keepdims=True)
+        a = jnp.einsum("bhqk,bhkd->bhqd", w.astype(dtype), v, preferred_element_type=jnp.float32)
+        a = a.transpose(0, 2, 1, 3).reshape(B, S, H)
+        h = _layer_norm(h + _dense(a, p["attn_out"], dtype), p["attn_ln"], cfg.layer_norm_eps)
         m = _dense(act(_dense(h, p["mlp_in"], dtype)), p["mlp_out"], dtype)
         return _layer_norm(h + m, p["mlp_ln"], cfg.layer_norm_eps), None
 
-    h, _ = jax.lax.scan(layer, h, params["layers"])
+    # Fully unrolled: ~20% faster on CPU than a rolled loop (buffers reused, no per-layer weight slicing);
+    # compile time stays ~1 s per shape for 6-24 layers.
+    h, _ = jax.lax.scan(layer, h, params["layers"], unroll=True)
     if cfg.pooling == "cls":
         pooled = h[:, 0]
     elif cfg.pooling == "mean":
@@ -225,12 +237,21 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def length_bucket(n: int, per_octave: int = 4) -> int:
+    """Smallest bucket >= n among `per_octave` evenly spaced lengths per power of two (4: ..., 128, 160, 192, 224,
+    256, 320, ...): at most 25% padding, and the number of compiled shapes grows with log(max length)."""
+    p = _next_pow2(n)
+    step = max(p // (2 * per_octave), 1)
+    return -(-int(n) // step) * step
+
+
 class TextEncoder:
-    """Texts -> float32 vectors: HF `tokenizer.json`, length-sorted batches padded to power-of-two buckets."""
+    """Texts -> float32 vectors: HF `tokenizer.json`, length-sorted batches padded to length buckets."""
 
     def __init__(self, cfg: EncoderConfig, params: dict, tokenizer, max_length: int, name: str = "encoder",
-                 min_bucket: int = 16, path: str = ""):
+                 min_bucket: int = 16, path: str = "", buckets_per_octave: int = 4):
         self.cfg, self.params, self.name, self.path = cfg, params, name, path
+        self.buckets_per_octave = buckets_per_octave
         self.max_length = min(int(max_length), cfg.max_position_embeddings)
         self.min_bucket = min_bucket
         tokenizer.no_padding()  # we pad per bucket; the MiniLM tokenizer.json pads to a fixed 128 otherwise
@@ -278,7 +299,7 @@ class TextEncoder:
         return self.cfg.hidden_size
 
     def bucket(self, n_tokens: int) -> int:
-        return min(max(_next_pow2(n_tokens), self.min_bucket), self.max_length)
+        return min(max(length_bucket(n_tokens, self.buckets_per_octave), self.min_bucket), self.max_length)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
