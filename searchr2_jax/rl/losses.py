@@ -1,9 +1,18 @@
-"""PPO-clip policy loss, KL estimators and the clipped value loss, as (sum, denominator, metrics) triples.
+"""PPO-clip policy loss with KL to the reference, and the clipped value loss, as (sum, denominator, metrics).
 
-Losses come back as sums over the (float) mask and its denominator, never as means: the train step divides by the
-global denominator of the whole batch once, so splitting the batch into micro-batches never changes the loss.
-A float mask may carry weights (e.g. 1/L_i for the paper's sequence-mean aggregation).
-All inputs are [B, T] fp32; `mask` is 1 on model-generated tokens only.
+A loss comes back as a sum and its denominator, never as a mean: the train step sums both over micro-batches and
+divides once, so the loss is a mean over the *global* batch and splitting it never changes it (Tunix's
+`LossOutput`, MaxText's `total_weights`). The denominator follows `cfg.loss_agg`:
+
+  token-mean               sum over tokens of l / number of loss tokens                     (verl default)
+  seq-mean-token-mean      sum over sequences of (mean over its tokens of l) / number of sequences (paper Eq. 2's 1/L_i)
+  seq-mean-token-sum       sum over tokens of l / number of sequences
+  seq-mean-token-sum-norm  sum over tokens of l / (number of sequences * T)                 (Dr.GRPO's constant)
+
+"Sequences" are rows with at least one loss token. All per-token inputs are [B, T]; `mask` is 1 on model-generated
+tokens only (prompt, retrieved `<information>` and padding are 0), and masked entries of every input are ignored
+(replaced by 0 before any arithmetic, so even inf/NaN there gives a finite loss and an exactly zero gradient).
+Metrics are means over this call's loss tokens (the caller weights them by the token count to merge micro-batches).
 """
 
 from __future__ import annotations
@@ -13,82 +22,156 @@ import jax.numpy as jnp
 import ml_collections
 
 KL_ESTIMATORS = ("kl", "abs", "mse", "low_var_kl")
+_KL_ALIASES = {"k1": "kl", "k2": "mse", "k3": "low_var_kl", "mse_kl": "mse"}
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: no overflow in the ratio; far beyond any clip range (verl, Tunix)
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
+    """Paper / verl defaults (search_r2_paper.md §4.2, §6.3; search_r1.md §5.1)."""
     return ml_collections.ConfigDict(dict(
-        clip_eps_low=0.2,  # ratio clipped to [1 - low, 1 + high]
+        clip_eps_low=0.2,  # ratio clipped to [1 - low, 1 + high] (DAPO's clip-higher raises `high`)
         clip_eps_high=0.2,
-        clip_ratio_c=3.0,  # dual clip for negative advantages (0 disables)
-        kl_coef=0.001,  # paper: low-variance KL, coefficient 0.001, as a loss term
-        kl_estimator="low_var_kl",
-        kl_clamp=10.0,
+        clip_ratio_c=3.0,  # dual clip: for A < 0 the loss is capped at -A * c (None or 0 disables; must be > 1)
+        kl_coef=0.001,  # paper: low-variance KL as a loss term, coefficient 0.001
+        kl_estimator="low_var_kl",  # kl (k1) | abs | mse (k2) | low_var_kl (k3)
+        kl_clamp=10.0,  # low_var_kl clamped to [-c, c] (verl)
         entropy_coef=0.0,  # paper: no entropy bonus
-        vf_coef=0.5,  # PPO critic
-        value_clip=0.2,
-        loss_agg="token-mean",  # or "seq-mean-token-mean" (the paper's 1/L_i), applied as mask weights
+        vf_coef=0.5,  # PPO critic weight in the joint loss
+        value_clip=0.5,  # Search-R1 critic.cliprange_value (None disables)
+        loss_agg="token-mean",
     ))
 
 
-def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str, clamp: float = 10.0) -> jax.Array:
-    """Per-token KL(pi || pi_ref) estimate from log-probs of the sampled tokens (Schulman's k1/k2/k3)."""
-    logp, ref_logp = logp.astype(jnp.float32), ref_logp.astype(jnp.float32)
-    diff = logp - ref_logp
-    if estimator == "kl":
+def check_loss_config(cfg) -> None:
+    """Raises ValueError naming the field of a bad loss config (at trace time: no cost in the step)."""
+    for name in ("clip_eps_low", "clip_eps_high", "kl_coef", "entropy_coef", "kl_clamp"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"loss config: {name}={getattr(cfg, name)} must be >= 0")
+    if cfg.clip_ratio_c and cfg.clip_ratio_c <= 1.0:
+        raise ValueError(f"loss config: clip_ratio_c={cfg.clip_ratio_c} must be > 1 (or None/0 to disable)")
+    if _KL_ALIASES.get(cfg.kl_estimator, cfg.kl_estimator) not in KL_ESTIMATORS:
+        raise ValueError(f"loss config: kl_estimator={cfg.kl_estimator!r}, expected one of {KL_ESTIMATORS}")
+    if cfg.loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss config: loss_agg={cfg.loss_agg!r}, expected one of {LOSS_AGGS}")
+
+
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "low_var_kl",
+               clamp: float = 10.0) -> jax.Array:
+    """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' log-probs, fp32 (Schulman's estimators):
+
+      kl          k1 = logp - ref_logp                                (unbiased, high variance)
+      abs         |logp - ref_logp|
+      mse         k2 = 0.5 (logp - ref_logp)^2
+      low_var_kl  k3 = exp(ref - logp) - (ref - logp) - 1 >= 0, clamped to [-clamp, clamp] (verl)
+    """
+    name = _KL_ALIASES.get(estimator, estimator)
+    diff = logp.astype(jnp.float32) - ref_logp.astype(jnp.float32)
+    if name == "kl":
         return diff
-    if estimator == "abs":
+    if name == "abs":
         return jnp.abs(diff)
-    if estimator == "mse":
-        return 0.5 * diff**2
-    if estimator == "low_var_kl":
-        log_ratio = jnp.clip(-diff, -clamp, clamp)  # clamp before exp: no overflow in fp32
-        return jnp.clip(jnp.exp(log_ratio) - log_ratio - 1.0, -clamp, clamp)
-    raise ValueError(f"kl_estimator={estimator!r}: expected one of {KL_ESTIMATORS}")
+    if name == "mse":
+        return 0.5 * jnp.square(diff)
+    if name == "low_var_kl":
+        # The inner clip never binds before the outer one (k3(+-clamp) > clamp) but keeps exp finite in fp32.
+        x = jnp.clip(-diff, -clamp, clamp)
+        return jnp.clip(jnp.exp(x) - x - 1.0, -clamp, clamp)
+    raise ValueError(f"kl_estimator={estimator!r}: expected one of {KL_ESTIMATORS} (or k1/k2/k3)")
+
+
+def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token-mean") -> tuple[jax.Array, jax.Array]:
+    """(sum, denominator) of a [B, T] per-token loss under `mode` (see the module doc); mask [B, T] may be float.
+
+    Both parts add up across micro-batches: sum(parts) / sum(denominators) is the global-batch loss.
+    """
+    m = mask.astype(jnp.float32)
+    x = jnp.where(m > 0, per_token, 0.0) * m
+    row_w = jnp.sum(m, axis=1)  # [B] tokens (weights) per row
+    rows = jnp.sum((row_w > 0).astype(jnp.float32))
+    if mode == "token-mean":
+        return jnp.sum(x), jnp.sum(m)
+    if mode == "seq-mean-token-mean":
+        return jnp.sum(jnp.sum(x, axis=1) / jnp.maximum(row_w, 1e-8)), rows
+    if mode == "seq-mean-token-sum":
+        return jnp.sum(x), rows
+    if mode == "seq-mean-token-sum-norm":
+        return jnp.sum(x), rows * mask.shape[1]
+    raise ValueError(f"loss_agg={mode!r}: expected one of {LOSS_AGGS}")
+
+
+def _mean(x, m, safe):
+    return jnp.sum(jnp.where(m > 0, x, 0.0) * m) / safe
 
 
 def policy_loss(logp, old_logp, ref_logp, advantages, mask, cfg, entropy=None):
-    """PPO-clip (+ dual clip) + kl_coef * KL - entropy_coef * entropy, summed over `mask`.
+    """PPO-clip (+ dual clip) + kl_coef * KL(pi || ref) - entropy_coef * H, aggregated by `cfg.loss_agg`.
 
-    Returns (loss_sum, denominator, metrics) where metrics are means over this call's masked tokens.
-    `ref_logp=None` drops the KL term (kl_coef 0); `entropy` [B, T] is needed only when entropy_coef > 0.
+    logp [B, T] f32: current policy's log-prob of each token (differentiated); old_logp [B, T]: the sampling
+    policy's; ref_logp [B, T] or None (no KL term); advantages [B, T] (per-token, GRPO's broadcast per sequence);
+    mask [B, T] 1 on loss tokens; entropy [B, T] or None (needed when entropy_coef > 0).
+
+    Per token, with ratio r = exp(logp - old_logp) and A the advantage:
+        pg = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high));  for A < 0 also pg = min(pg, -A c)  (dual clip)
+    Returns (loss_sum, denominator, metrics): pg_loss, clip_frac (the clipped branch is active),
+    clip_frac_lower (the dual clip is active), ppo_kl (k1 of old||new), approx_kl (k3 of old||new), ratio,
+    and kl / entropy when present, each a mean over loss tokens.
     """
-    mask = mask.astype(jnp.float32)
-    denom = jnp.sum(mask)
-    safe = jnp.maximum(denom, 1e-8)
-    log_ratio = jnp.where(mask > 0, logp - old_logp, 0.0)
+    check_loss_config(cfg)
+    m = mask.astype(jnp.float32)
+    live = m > 0
+    safe = jnp.maximum(jnp.sum(m), 1e-8)
+    clean = lambda x: jnp.where(live, x.astype(jnp.float32), 0.0)
+    logp, old_logp, adv = clean(logp), clean(old_logp), clean(advantages)
+    log_ratio = jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = jnp.exp(log_ratio)
-    pg1 = -advantages * ratio
-    pg2 = -advantages * jnp.clip(ratio, 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high)
+    pg1 = -adv * ratio
+    pg2 = -adv * jnp.clip(ratio, 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high)
     pg = jnp.maximum(pg1, pg2)
-    if cfg.clip_ratio_c and cfg.clip_ratio_c > 0:
-        # Dual clip: for A < 0 the loss is capped at -A * c, so a huge ratio cannot blow the update up.
-        pg = jnp.where(advantages < 0, jnp.minimum(pg, -advantages * cfg.clip_ratio_c), pg)
+    metrics = {"clip_frac": _mean((pg2 > pg1).astype(jnp.float32), m, safe)}
+    if cfg.clip_ratio_c:
+        pg3 = -adv * cfg.clip_ratio_c
+        lower = (adv < 0) & (pg > pg3)
+        metrics["clip_frac_lower"] = _mean(lower.astype(jnp.float32), m, safe)
+        pg = jnp.where(adv < 0, jnp.minimum(pg, pg3), pg)
+    metrics.update(pg_loss=_mean(pg, m, safe), ppo_kl=_mean(-log_ratio, m, safe),
+                   approx_kl=_mean(ratio - 1.0 - log_ratio, m, safe), ratio=_mean(ratio, m, safe))
     per_token = pg
-    metrics = {
-        "pg_loss": jnp.sum(pg * mask) / safe,
-        "clip_frac": jnp.sum((pg2 > pg1) * mask) / safe,
-        "ppo_kl": jnp.sum(-log_ratio * mask) / safe,
-        "ratio": jnp.sum(ratio * mask) / safe,
-    }
     if ref_logp is not None and cfg.kl_coef > 0:
-        kl = kl_penalty(logp, ref_logp, cfg.kl_estimator, cfg.kl_clamp)
+        kl = kl_penalty(logp, clean(ref_logp), cfg.kl_estimator, cfg.kl_clamp)
         per_token = per_token + cfg.kl_coef * kl
-        metrics["kl"] = jnp.sum(kl * mask) / safe
-    if cfg.entropy_coef > 0:
-        if entropy is None:
-            raise ValueError("entropy_coef > 0 needs the per-token entropy")
-        per_token = per_token - cfg.entropy_coef * entropy
-        metrics["entropy"] = jnp.sum(entropy * mask) / safe
-    return jnp.sum(per_token * mask), denom, metrics
+        metrics["kl"] = _mean(kl, m, safe)
+    if entropy is not None:
+        ent = clean(entropy)
+        metrics["entropy"] = _mean(ent, m, safe)
+        if cfg.entropy_coef > 0:
+            per_token = per_token - cfg.entropy_coef * ent
+    elif cfg.entropy_coef > 0:
+        raise ValueError("policy_loss: entropy_coef > 0 needs the per-token entropy (entropy_from_logits)")
+    loss_sum, denom = aggregate(per_token, m, cfg.loss_agg)
+    return loss_sum, denom, metrics
 
 
 def value_loss(values, old_values, returns, mask, cfg):
-    """Clipped value loss 0.5 * max((v - R)^2, (v_clip - R)^2), summed over `mask`; (sum, denom, metrics)."""
-    mask = mask.astype(jnp.float32)
-    denom = jnp.sum(mask)
-    clipped = old_values + jnp.clip(values - old_values, -cfg.value_clip, cfg.value_clip)
-    loss = 0.5 * jnp.maximum((values - returns) ** 2, (clipped - returns) ** 2)
-    safe = jnp.maximum(denom, 1e-8)
-    metrics = {"vf_loss": jnp.sum(loss * mask) / safe,
-               "vf_clip_frac": jnp.sum(((clipped - returns) ** 2 > (values - returns) ** 2) * mask) / safe}
-    return jnp.sum(loss * mask), denom, metrics
+    """Clipped critic loss 0.5 * max((v - R)^2, (v_clip - R)^2), v_clip = v_old + clip(v - v_old, +-value_clip).
+
+    values [B, T] (differentiated), old_values [B, T] (the critic at rollout time), returns [B, T] (GAE returns),
+    mask [B, T]. Token-mean as (sum, denominator, metrics) whatever `loss_agg` says (verl's critic does the same);
+    `value_clip=None` drops the clipped branch. Metrics: vf_loss, vf_clip_frac, vf_mean, vf_error (mean of v - R).
+    """
+    m = mask.astype(jnp.float32)
+    live = m > 0
+    safe = jnp.maximum(jnp.sum(m), 1e-8)
+    clean = lambda x: jnp.where(live, x.astype(jnp.float32), 0.0)
+    v, v_old, ret = clean(values), clean(old_values), clean(returns)
+    loss1 = jnp.square(v - ret)
+    if cfg.value_clip is None:
+        loss, clipped = 0.5 * loss1, jnp.zeros_like(loss1)
+    else:
+        v_clip = v_old + jnp.clip(v - v_old, -cfg.value_clip, cfg.value_clip)
+        loss2 = jnp.square(v_clip - ret)
+        loss, clipped = 0.5 * jnp.maximum(loss1, loss2), (loss2 > loss1).astype(jnp.float32)
+    metrics = {"vf_loss": _mean(loss, m, safe), "vf_clip_frac": _mean(clipped, m, safe),
+               "vf_mean": _mean(v, m, safe), "vf_error": _mean(v - ret, m, safe)}
+    loss_sum, denom = aggregate(loss, m, "token-mean")
+    return loss_sum, denom, metrics
