@@ -36,11 +36,14 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
 
 
 def entropy_from_logits(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """Entropy of softmax(logits / T) per position in fp32: logsumexp(z) - sum(p z). [..., V] -> [...]."""
+    """Entropy of softmax(logits / T) per position in fp32: logsumexp(z) - sum(p z). [..., V] -> [...].
+
+    Logits of -inf (a masked vocabulary) have p = 0 and contribute 0, not 0 * inf = NaN.
+    """
     z = _tempered(logits, temperature)
     lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
     p = jnp.exp(z - lse)
-    return lse[..., 0] - jnp.sum(p * z, axis=-1)
+    return lse[..., 0] - jnp.sum(p * jnp.where(jnp.isfinite(z), z, 0.0), axis=-1)
 
 
 def chunked_token_logprobs(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], targets: jax.Array,
