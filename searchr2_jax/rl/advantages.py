@@ -38,8 +38,11 @@ def grpo_advantages(rewards: jax.Array, group_ids: jax.Array, normalize_std: boo
     seg = lambda x: jax.ops.segment_sum(x, idx, num_segments=n)[idx]
     count = seg(w)
     single = count <= 1.0
-    mean = jnp.where(single, 0.0, seg(w * r) / jnp.maximum(count, 1.0))
-    centered = r - mean
+    # Shift by a member's reward (the group max) before averaging: in fp32 the mean of n copies of 1.7 is not 1.7,
+    # and (r - mean) / (std + eps) would then be O(0.1) for a group of identical rewards instead of 0.
+    top = jax.ops.segment_max(jnp.where(w > 0, r, -jnp.inf), idx, num_segments=n)[idx]
+    d = jnp.where(w > 0, r - top, 0.0)
+    centered = jnp.where(single, r, d - seg(w * d) / jnp.maximum(count, 1.0))
     if normalize_std:
         var = seg(w * centered**2) / jnp.maximum(count - 1.0, 1.0)
         std = jnp.where(single, 1.0, jnp.sqrt(var))
