@@ -13,13 +13,13 @@ def get_config(arg=None):
     c.data.world = dict(seed=0, num_people=120, num_companies=30, num_cities=30, num_countries=6,
                         num_universities=8, num_distractors=10, num_questions=600)
     c.data.eval_examples = 32
-    c.model.vocab_size = 1024
+    c.model.vocab_size = 2048
     c.model.init = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                         intermediate_size=128, rope_theta=10000.0, max_position_embeddings=2048)
     c.retrieval.backend = "bm25"
-    c.rollout.update(dict(slots=16, max_prompt_tokens=128, max_response_tokens=384, max_obs_tokens=128,
+    c.rollout.update(dict(slots=16, max_prompt_tokens=320, max_response_tokens=384, max_obs_tokens=128,
                           segment_steps=32))
-    c.sft.update(dict(steps=a.sft_steps, batch_size=8, seq_len=512))
+    c.sft.update(dict(steps=a.sft_steps, batch_size=8, seq_len=768))
     c.rl.group_size = 4
     c.optim.learning_rate = 1e-5
     c.optim.warmup_ratio = 0.0

@@ -178,7 +178,7 @@ class Trainer:
         if not self.config.reward.outcome_only and self.config.reward.judge != "none":
             useful = np.asarray([self.judge.count_useful(t.job.question, t.job.golden_answers,
                                                          [turn.passages for turn in t.searches],
-                                                         gold_ids=t.job.metadata.get("gold_ids"))
+                                                         gold_ids=t.job.metadata.get("gold_passage_ids"))
                                  for t in trajs], np.float32)
         searches = np.asarray([len(t.searches) for t in trajs], np.float32)
         reward = np.asarray([rewards.hybrid_reward(e, u, m, outcome_only=self.config.reward.outcome_only)
@@ -256,8 +256,8 @@ class Trainer:
                 last = self.writer.write(step, metrics)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
                                  if k in ("sft/nll", "train/loss", "reward/mean", "reward/em")})
-            if step > self.sft_steps and (step - self.sft_steps) % c.train.eval_every == 0 or (
-                    step == total and c.train.eval_every > 0):
+            rl_step = step - self.sft_steps
+            if c.train.eval_every > 0 and rl_step > 0 and (rl_step % c.train.eval_every == 0 or step == total):
                 table = eval_lib.evaluate(self.engine, self.state.params, self.eval_examples,
                                           jax.random.fold_in(self.data_rng, -step))
                 last.update(self.writer.write(step, table))

@@ -1,0 +1,50 @@
+"""Serve Search-R1's `POST /retrieve` protocol from any backend (stdlib ThreadingHTTPServer).
+
+  python launch/serve_retrieval.py --retrieval.backend=bm25 --retrieval.corpus_path=corpus.jsonl --port=8000
+  python launch/serve_retrieval.py --retrieval.corpus_path=wiki-18.jsonl --retrieval.index_dir=/data/e5_flat \
+      --retrieval.encoder.path=/models/e5-base-v2 --port=8000
+
+Request {"queries": [...], "topk": 3, "return_scores": true} -> {"result": [[{"document": {"id", "contents"},
+"score"}]]}, so Search-R1's trainer can use this server and our HttpRetriever can use Search-R1's. GET /health says
+the backend and corpus size. The corpus and index are loaded before the port opens (the log says when it is ready).
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+
+_CFG = config_flags.DEFINE_config_dict("retrieval", default_retrieval_config(), "Retrieval config (see retriever.py).")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on (0.0.0.0 for all).")
+_PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
+
+
+def main(argv):
+    del argv
+    cfg = _CFG.value
+    if cfg.backend == "http":
+        raise app.UsageError("serve a local backend (dense or bm25), not another server")
+    t0 = time.time()
+    logging.info("loading %s retriever over %s ...", cfg.backend, cfg.corpus_path)
+    retriever = build_retriever(cfg)
+    retriever.search(["warm up"], cfg.k)  # compile the query encoder before the first request
+    from searchr2_jax.retrieval.http import make_server
+
+    server = make_server(retriever, _HOST.value, _PORT.value, default_topk=cfg.k)
+    logging.info("ready in %.1f s: %d passages, POST http://%s:%d/retrieve", time.time() - t0, len(retriever),
+                 _HOST.value, server.server_port)
+    print(f"serving /retrieve on http://{_HOST.value}:{server.server_port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    app.run(main)
