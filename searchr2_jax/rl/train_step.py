@@ -97,30 +97,33 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         loss_sum, _, metrics = losses.policy_loss(logp, old_lp, ref_lp, adv, mask, loss_cfg)
         return loss_sum, metrics, hidden
 
-    def loss_fn(params, mb: StepBatch, ref_params, denom, v_denom):
+    def loss_fn(params, mb: StepBatch, ref_params, denom, tok_denom, meta_denom):
         psum, pm, hidden = policy_terms(params, ref_params, mb.tokens, mb.valid, mb.loss_mask, mb.old_logprobs,
                                         mb.advantages)
         msum, mm, _ = policy_terms(params, ref_params, mb.meta_tokens, mb.meta_valid, mb.meta_mask,
                                    mb.meta_old_logprobs, mb.meta_advantages)
         loss = (psum + msum) / denom
-        # Each metric of `policy_loss` is a mean over its own tokens: weight it back to a sum, divide globally.
+        # Each metric of `policy_loss` is a mean over its own tokens: weight it back to a sum and divide by the
+        # global count of the same tokens, so the summed micro-batch metrics are means over the whole batch.
         tok = jnp.sum(mb.loss_mask)
         mtok = jnp.sum(mb.meta_mask)
-        metrics = {f"train/{k}": v * tok / denom for k, v in pm.items()}
-        metrics.update({f"train/meta_{k}": v * mtok / jnp.maximum(denom, 1.0) for k, v in mm.items()})
+        metrics = {f"train/{k}": v * tok / tok_denom for k, v in pm.items()}
+        metrics.update({f"train/meta_{k}": v * mtok / meta_denom for k, v in mm.items()})
         if use_critic:
             vals = decoder.values(cfg, params, hidden)
             vsum, _, vm = losses.value_loss(vals, mb.old_values, mb.returns, mb.loss_mask, loss_cfg)
-            loss = loss + loss_cfg.vf_coef * vsum / v_denom
-            metrics.update({f"train/{k}": v * tok / v_denom for k, v in vm.items()})
+            loss = loss + loss_cfg.vf_coef * vsum / tok_denom
+            metrics.update({f"train/{k}": v * tok / tok_denom for k, v in vm.items()})
         return loss, metrics
 
     def train_step(state: TrainState, batch: StepBatch):
         denom = jnp.maximum(jnp.sum(batch.loss_mask) + jnp.sum(batch.meta_mask), 1.0)
-        v_denom = jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
+        tok_denom = jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
+        meta_denom = jnp.maximum(jnp.sum(batch.meta_mask), 1.0)
         micro = jax.tree.map(lambda x: _split(x, num_micro), batch)
         loss, metrics, grads = _accumulate(
-            lambda p, mb: loss_fn(p, mb, state.ref_params, denom, v_denom), state.params, micro, num_micro)
+            lambda p, mb: loss_fn(p, mb, state.ref_params, denom, tok_denom, meta_denom), state.params, micro,
+            num_micro)
         metrics["train/tokens"] = jnp.sum(batch.loss_mask)
         metrics["train/meta_tokens"] = jnp.sum(batch.meta_mask)
         return _apply(state, optimizer, loss, grads, metrics)
