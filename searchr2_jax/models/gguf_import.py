@@ -94,8 +94,8 @@ def _open(path: str):
 
     try:
         return gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise GGUFError(f"{path}: not a readable GGUF file ({e})") from e
+    except Exception as e:  # noqa: BLE001 - a truncated header surfaces as IndexError/KeyError from numpy views
+        raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
 def _field(reader, path: str, key: str, default=None, required: bool = False):
