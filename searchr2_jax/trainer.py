@@ -8,6 +8,7 @@ resumes from its latest checkpoint (state, PRNG key and data iterator) and conti
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -36,20 +37,26 @@ from searchr2_jax.rollout.refiner import MetaRefiner
 from searchr2_jax.rollout.rollout import RolloutEngine
 from searchr2_jax.text import tokenizer as tok_lib
 from searchr2_jax.text.tokenizer import tokenize_segments
+from searchr2_jax.variants import ConfigError, check_variant
+
+__all__ = ["ConfigError", "Trainer", "validate_config"]
 
 
-class ConfigError(ValueError):
-    """An invalid configuration, found before anything compiles; the message names the field."""
+def _files(spec: str) -> list[str]:
+    return [p.strip() for p in (spec or "").split(",") if p.strip()]
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises ConfigError naming the field of the first problem; cheap (no model, data or compilation)."""
     rl, ro, rf, tr = config.rl, config.rollout, config.refiner, config.train
+    check_variant(config)
     if rl.algo not in ("grpo", "ppo"):
         raise ConfigError(f"rl.algo={rl.algo!r}: expected 'grpo' or 'ppo'")
     if rl.algo == "grpo" and rl.group_size < 2 and not rl.rejection_sampling:
         raise ConfigError(f"rl.group_size={rl.group_size}: GRPO normalizes within a group and needs at least 2")
     if ro.max_turns < 1:
-        raise ConfigError(f"rollout.max_turns={ro.max_turns}: at least one assistant turn is needed")
+        raise ConfigError(f"rollout.max_turns={ro.max_turns}: at least one assistant turn is needed"
+                          + (" (and refiner.enabled=True revises a turn of it)" if rf.enabled else ""))
     if rf.enabled and not 0 <= rf.max_revisions <= 4:
         raise ConfigError(f"refiner.max_revisions={rf.max_revisions}: expected 0..4")
     rows = tr.prompts_per_step * rl.group_size
@@ -58,6 +65,29 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                           f"(train.prompts_per_step x rl.group_size)")
     if config.reward.judge not in judges.JUDGES:
         raise ConfigError(f"reward.judge={config.reward.judge!r}: expected one of {sorted(judges.JUDGES)}")
+    if config.reward.judge == "llm" and not config.reward.outcome_only and "generate" not in config.reward.judge_kwargs:
+        raise ConfigError("reward.judge='llm' needs reward.judge_kwargs.generate (a callable serving the judge "
+                          "model); use 'lexical' or 'oracle' from a config file")
+    if tr.steps < 0 or config.sft.steps < 0:
+        raise ConfigError(f"train.steps={tr.steps}, sft.steps={config.sft.steps}: must be >= 0")
+    if tr.ckpt_every < 1:
+        raise ConfigError(f"train.ckpt_every={tr.ckpt_every}: must be >= 1")
+    if tr.log_every < 1:
+        raise ConfigError(f"train.log_every={tr.log_every}: must be >= 1")
+    if _files(config.data.train_files):
+        # Real QA data: no synthetic world, so no world tokenizer, no demonstrations and no oracle judge.
+        if config.model.tokenizer == "world":
+            raise ConfigError("model.tokenizer='world' needs the synthetic world; with data.train_files set, give "
+                              "a tokenizer path (usually model.hf_path)")
+        if config.sft.steps > 0:
+            raise ConfigError(f"sft.steps={config.sft.steps}: demonstrations exist only for the synthetic world; "
+                              "set 0 with data.train_files")
+        if not config.reward.outcome_only and config.reward.judge == "oracle":
+            raise ConfigError("reward.judge='oracle' needs the synthetic world's gold passage ids; use 'llm', "
+                              "'lexical' or 'none' with data.train_files")
+        if config.retrieval.backend != "http" and not (config.retrieval.corpus_path or config.retrieval.index_dir):
+            raise ConfigError("retrieval.corpus_path / retrieval.index_dir: one is needed with data.train_files "
+                              "(the synthetic corpus is not used)")
     try:
         data, fsdp, _ = sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
     except sharding.ShardingError as e:
@@ -68,20 +98,32 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 
 
 class Trainer:
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        validate_config(config)
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
+        """`devices`: the devices of the mesh (default: all); tests pass a subset of the fake CPU devices."""
+        devices = list(jax.devices() if devices is None else devices)
+        validate_config(config, num_devices=len(devices))
         self.config, self.workdir = config, workdir
         os.makedirs(workdir, exist_ok=True)
         rng = jax.random.key(config.seed)
         self.data_rng, init_rng, state_rng = jax.random.split(rng, 3)
+        # Rollout keys are fold_in(data_rng, step) for steps < 2**32 - 1; eval keys branch off the last one.
+        self.eval_rng = jax.random.fold_in(self.data_rng, 2**32 - 1)
 
         # --- data, retrieval, tokenizer, model
-        self.world = synthetic.generate_world(synthetic.WorldConfig(**config.data.world))
-        self.train_examples = self.world.splits[config.data.train_split]
-        self.eval_examples = self.world.splits[config.data.eval_split][: config.data.eval_examples]
-        self.retriever = build_retriever(config.retrieval, corpus=self.world.corpus())
+        d = config.data
+        if _files(d.train_files):  # real QA files over a real corpus (the paper's setting)
+            self.world = None
+            self.train_examples = qa_lib.read_qa_files(_files(d.train_files))
+            # The first data.eval_examples of each eval file, so that every dataset gets a row in the table.
+            self.eval_examples = [ex for f in _files(d.eval_files) for ex in qa_lib.read_qa_file(f)[: d.eval_examples]]
+            self.retriever = build_retriever(config.retrieval)
+        else:
+            self.world = synthetic.generate_world(synthetic.WorldConfig(**d.world))
+            self.train_examples = self.world.splits[d.train_split]
+            self.eval_examples = self.world.splits[d.eval_split][: d.eval_examples]
+            self.retriever = build_retriever(config.retrieval, corpus=self.world.corpus())
         self.tokenizer = self._tokenizer()
-        self.mesh = sharding.make_mesh(config.mesh)
+        self.mesh = sharding.make_mesh(config.mesh, devices)
         self.model_cfg, params = self._model(init_rng)
 
         # --- rollout engine (Actor + Meta-Refiner share the model)
@@ -113,6 +155,7 @@ class Trainer:
         self.iterator = iter(self.pipeline)
         self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
         self.writer = metrics_lib.MetricWriter(workdir)
+        self._demo_writer = None
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -140,31 +183,38 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ phases
 
-    def sft_batches(self):
-        """Endless deterministic batches of demonstrations (and refiner examples), tokenized with loss masks."""
+    def sft_batch(self, step: int):
+        """The SFT batch of `step`: demonstrations (and refiner examples), tokenized with loss masks.
+
+        A pure function of (config.seed, step), so a run resumed mid-SFT continues the same stream of batches."""
         c = self.config.sft
-        writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk, retriever=self.retriever)
-        rng = np.random.default_rng(self.config.seed)
+        if self._demo_writer is None:
+            self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk, retriever=self.retriever)
+        rng = np.random.default_rng([self.config.seed, step])
         examples = self.train_examples
         L = c.seq_len
-        while True:
-            idx = rng.choice(len(examples), size=c.batch_size, replace=False)
-            demos = writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
-                                 flawed_fraction=c.flawed_fraction)
-            tokens = np.zeros((c.batch_size, L), np.int32)
-            mask = np.zeros((c.batch_size, L), np.float32)
-            valid = np.zeros((c.batch_size, L), bool)
-            for r, d in enumerate(demos):
-                # Sound demos teach the Actor; a share of them and every flawed demo teach the refiner its label
-                # (the first flawed step, 0 when sound) under the same prompt the rollout's refiner builds.
-                if d.flawed_step == 0 and rng.random() >= c.refiner_fraction:
-                    segs = d.sft_segments()
-                else:
-                    segs = d.refiner_segments()
-                ids, m = tokenize_segments(self.tokenizer, segs)
-                ids, m = ids[:L], m[:L]
-                tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
-            yield tokens, valid, mask
+        idx = rng.choice(len(examples), size=c.batch_size, replace=False)
+        demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
+                                        flawed_fraction=c.flawed_fraction)
+        tokens = np.zeros((c.batch_size, L), np.int32)
+        mask = np.zeros((c.batch_size, L), np.float32)
+        valid = np.zeros((c.batch_size, L), bool)
+        for r, d in enumerate(demos):
+            # Sound demos teach the Actor; a share of them and every flawed demo teach the refiner its label
+            # (the first flawed step, 0 when sound) under the same prompt the rollout's refiner builds.
+            if d.flawed_step == 0 and rng.random() >= c.refiner_fraction:
+                segs = d.sft_segments()
+            else:
+                segs = d.refiner_segments()
+            ids, m = tokenize_segments(self.tokenizer, segs)
+            ids, m = ids[:L], m[:L]
+            tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
+        return tokens, valid, mask
+
+    def sft_batches(self, start: int = 0):
+        """Endless SFT batches from step `start` on (`sft_batch(start)`, `sft_batch(start + 1)`, ...)."""
+        for step in itertools.count(start):
+            yield self.sft_batch(step)
 
     def rollout_and_score(self, params, batch, rng, use_refiner: bool | None = None):
         """Rollouts for one group batch, then EM, process reward and the hybrid reward per trajectory."""
@@ -212,11 +262,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loop
 
-    def restore(self) -> int:
-        step = self.ckpt.latest_step()
+    def restore(self, step: int | None = None) -> int:
+        """Loads checkpoint `step` (default: the latest) into the state and data iterator; returns its step (0 when
+        the workdir has none and `step` is None)."""
+        step = self.ckpt.latest_step() if step is None else step
         if step is None:
             return 0
-        self.state, data = self.ckpt.restore(self.state)
+        self.state, data = self.ckpt.restore(self.state, step)
         if data.get("iterator"):
             self.iterator.set_state(data["iterator"])
         logging.info("resumed from step %d", step)
@@ -225,20 +277,22 @@ class Trainer:
     def save(self, step: int, force: bool = False):
         self.ckpt.save(step, self.state, {"iterator": self.iterator.get_state()}, force=force)
 
-    def run(self) -> dict:
+    def run(self, stop_at: int | None = None) -> dict:
+        """Trains from the latest checkpoint to the end (or, when `stop_at` is given, up to that step: a deliberate
+        interruption, as preemption would do, for resume tests). Returns the last logged metrics."""
         c = self.config
         total = self.sft_steps + self.rl_steps
+        end = total if stop_at is None else min(stop_at, total)
         step = self.restore()
-        sft_data = self.sft_batches()
         last = {}
         t_run = time.time()
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=step, desc="train", disable=not c.train.progress, dynamic_ncols=True)
-        while step < total:
+        while step < end:
             t0 = time.time()
             if step < self.sft_steps:
-                tokens, valid, mask = next(sft_data)
+                tokens, valid, mask = self.sft_batch(step)
                 self.state, metrics = self.sft_step(self.state, tokens, valid, mask)
             else:
                 if step == self.sft_steps and step > 0:  # phase switch: fresh RL optimizer, reference = warm start
@@ -259,7 +313,7 @@ class Trainer:
             rl_step = step - self.sft_steps
             if c.train.eval_every > 0 and rl_step > 0 and (rl_step % c.train.eval_every == 0 or step == total):
                 table = eval_lib.evaluate(self.engine, self.state.params, self.eval_examples,
-                                          jax.random.fold_in(self.data_rng, -step))
+                                          jax.random.fold_in(self.eval_rng, step), chat=c.model.chat)
                 last.update(self.writer.write(step, table))
                 logging.info("step %d eval\n%s", step, eval_lib.format_table(table))
             if step % c.train.ckpt_every == 0 or step == total:

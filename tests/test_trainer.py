@@ -1,0 +1,229 @@
+"""Trainer: the smoke config end to end, resume determinism across SFT/RL checkpoints, config errors up front.
+
+One uninterrupted run and one run interrupted three times (mid-SFT, at the SFT->RL switch, mid-RL) share a
+persistent compilation cache, so only the first Trainer pays for compilation.
+"""
+
+import json
+import math
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from jax._src import compilation_cache
+
+from configs import smoke
+from searchr2_jax import checkpoint as ckpt_lib
+from searchr2_jax.metrics import read_jsonl
+from searchr2_jax.trainer import ConfigError, Trainer, validate_config
+
+SFT, RL = 2, 3
+TOTAL = SFT + RL
+STOPS = (1, SFT, SFT + 2)  # mid-SFT, exactly at the phase switch, mid-RL
+
+
+def tiny_config(arg=f"sft_steps={SFT},steps={RL}"):
+    c = smoke.get_config(arg)
+    c.data.eval_examples = 2
+    c.rollout.update(dict(slots=8, max_response_tokens=128, max_obs_tokens=64, segment_steps=16))
+    c.sft.update(dict(batch_size=4, seq_len=256))
+    c.rl.group_size = 2
+    c.train.update(dict(prompts_per_step=2, micro_batches=2, log_every=1, ckpt_every=1, keep_checkpoints=10,
+                        eval_every=100, progress=False))  # eval only at the last step
+    c.mesh.update(dict(data=1, fsdp=1, tensor=1))
+    return c
+
+
+def one_device():
+    return jax.devices()[:1]
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent compilation cache for this module only (the Trainers jit the same programs)."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    yield
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(compile_cache, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    final = Trainer(tiny_config(), workdir, devices=one_device()).run()
+    return workdir, final
+
+
+@pytest.fixture(scope="module")
+def interrupted(uninterrupted, tmp_path_factory):
+    """The same run stopped after the checkpoints of STOPS and restarted each time in the same workdir."""
+    workdir = str(tmp_path_factory.mktemp("interrupted"))
+    shutil.copytree(os.path.join(uninterrupted[0], "tokenizer"), os.path.join(workdir, "tokenizer"))  # time only
+    resumed_at = []
+    for stop in (*STOPS, None):
+        trainer = Trainer(tiny_config(), workdir, devices=one_device())
+        resumed_at.append(trainer.ckpt.latest_step() or 0)
+        final = trainer.run(stop_at=stop)
+    return workdir, final, resumed_at
+
+
+def by_step(workdir):
+    rows = {}
+    for row in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+        rows.setdefault(row["step"], {}).update(row)
+    return rows
+
+
+def is_timing(key):  # wall-clock measurements differ between any two runs
+    return key in ("time", "step", "rollout/host_fraction") or key.startswith("perf/") or key.endswith("_s")
+
+
+def final_state(workdir):
+    trainer_like = Trainer(tiny_config(), workdir, devices=one_device())
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        return ckpt.restore(trainer_like.state, TOTAL)
+    finally:
+        ckpt.close()
+
+
+@pytest.mark.slow
+def test_smoke_config_trains_end_to_end(uninterrupted):
+    workdir, final = uninterrupted
+    for key in ("train/loss", "reward/mean", "train/kl", "eval/em", "eval/f1"):
+        assert math.isfinite(final[key]), (key, final[key])
+    rows = by_step(workdir)
+    assert sorted(rows) == list(range(1, TOTAL + 1))
+    assert all(math.isfinite(rows[s]["sft/nll"]) for s in range(1, SFT + 1))
+    assert rows[SFT]["sft/nll"] < rows[1]["sft/nll"]  # the warm start learns
+    for s in range(SFT + 1, TOTAL + 1):
+        assert math.isfinite(rows[s]["train/loss"]) and math.isfinite(rows[s]["reward/mean"])
+        assert rows[s]["rollout/trajectories"] == 4  # 2 prompts x group of 2
+    ckpts = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert ckpts == list(range(1, TOTAL + 1))
+    assert os.path.exists(os.path.join(workdir, "tokenizer", "tokenizer.json"))
+    # A finished run restarted in its workdir has nothing left to do.
+    again = Trainer(tiny_config(), workdir, devices=one_device())
+    assert again.ckpt.latest_step() == TOTAL
+    assert "train/loss" not in again.run()
+
+
+@pytest.mark.slow
+def test_interrupted_runs_resume_and_reproduce_the_uninterrupted_run(uninterrupted, interrupted):
+    (work_a, final_a), (work_b, final_b, resumed_at) = uninterrupted, interrupted
+    assert resumed_at == [0, *STOPS]
+    rows_a, rows_b = by_step(work_a), by_step(work_b)
+    assert sorted(rows_b) == sorted(rows_a) == list(range(1, TOTAL + 1))
+    # Every step after a resume point (mid-SFT, at the switch, mid-RL) matches the uninterrupted run.
+    for step in range(1, TOTAL + 1):
+        a, b = rows_a[step], rows_b[step]
+        keys = sorted(k for k in a if not is_timing(k))
+        assert keys == sorted(k for k in b if not is_timing(k))
+        assert len(keys) > (1 if step <= SFT else 30)
+        for k in keys:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-7, err_msg=f"step {step} {k}")
+    assert final_b["eval/em"] == final_a["eval/em"]
+    # Same parameters, optimizer state and data-iterator position at the end.
+    (state_a, data_a), (state_b, data_b) = final_state(work_a), final_state(work_b)
+    assert json.dumps(data_a, sort_keys=True) == json.dumps(data_b, sort_keys=True)
+    for x, y in zip(jax.tree.leaves((state_a.params, state_a.opt_state)),
+                    jax.tree.leaves((state_b.params, state_b.opt_state))):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-8)
+
+
+def test_sft_batches_are_a_function_of_seed_and_step(compile_cache, tmp_path):
+    trainer = Trainer(tiny_config(), str(tmp_path), devices=one_device())
+    stream = trainer.sft_batches()
+    first = [next(stream) for _ in range(3)]
+    resumed = next(trainer.sft_batches(start=2))
+    for x, y in zip(first[2], resumed):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(first[1], trainer.sft_batch(1)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(first[0][0], first[1][0])
+
+
+# ------------------------------------------------------------------------------------------------ config errors
+
+
+def _expect(config, field, num_devices=1):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_config(config, num_devices=num_devices)
+
+
+def test_grpo_needs_a_group():
+    c = tiny_config()
+    c.rl.group_size = 1
+    _expect(c, "rl.group_size")
+
+
+def test_mesh_must_fit_the_devices(tmp_path):
+    c = tiny_config()
+    c.mesh.update(dict(data=3, fsdp=1, tensor=1))
+    _expect(c, "mesh.data", num_devices=8)
+    # The Trainer checks before it builds the world, the model or any jitted function.
+    with pytest.raises(ConfigError, match=r"mesh\.data"):
+        Trainer(c, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_refiner_needs_turns():
+    c = tiny_config()
+    assert c.refiner.enabled
+    c.rollout.max_turns = 0
+    _expect(c, "rollout.max_turns")
+
+
+def test_micro_batches_must_divide_rows():
+    c = tiny_config()
+    c.train.micro_batches = 3  # rows = 2 prompts x 2
+    _expect(c, "train.micro_batches")
+
+
+def test_unknown_judge():
+    c = tiny_config()
+    c.reward.judge = "gpt"
+    _expect(c, "reward.judge")
+
+
+def test_llm_judge_needs_a_generate_callable():
+    c = tiny_config()
+    c.reward.judge = "llm"
+    _expect(c, "reward.judge")
+
+
+def test_unknown_variant():
+    with pytest.raises(ConfigError, match="variant"):
+        smoke.get_config("variant=search_r3")
+    c = tiny_config()
+    c.variant = "search_r3"
+    _expect(c, "variant")
+
+
+def test_switch_overridden_against_the_variant():
+    c = tiny_config()  # search_r2: refiner on
+    c.refiner.enabled = False
+    _expect(c, "refiner.enabled")
+
+
+def test_real_data_needs_a_real_tokenizer_and_corpus():
+    c = tiny_config()
+    c.data.train_files = "/data/nq_hotpotqa/train.parquet"
+    _expect(c, "model.tokenizer")
+    c.model.tokenizer = "/models/qwen"
+    _expect(c, "sft.steps")
+    c.sft.steps = 0
+    _expect(c, "reward.judge")
+    c.reward.judge = "lexical"
+    _expect(c, "retrieval.corpus_path")
+    c.retrieval.corpus_path = "/data/wiki-18.jsonl"
+    validate_config(c, num_devices=1)
