@@ -23,13 +23,11 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initial
 
 def main(argv):
     del argv
-    import logging as py_logging
-
     import jax
 
-    py_logging.getLogger("absl").setLevel(py_logging.INFO)
-    for noisy in ("orbax", "jax._src"):  # orbax logs every file it writes
-        py_logging.getLogger(noisy).setLevel(py_logging.WARNING)
+    from searchr2_jax.metrics import configure_logging
+
+    configure_logging()
 
     if _MULTIHOST.value:
         jax.distributed.initialize()

@@ -48,3 +48,24 @@ class MetricWriter:
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+class _LibraryInfoFilter:
+    """Drops INFO records that libraries (orbax: a line per file it writes) send through absl's logger."""
+
+    QUIET = ("/orbax/", "/jax/_src/", "/bm25s/")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or not any(q in record.pathname for q in self.QUIET)
+
+
+def configure_logging() -> None:
+    """Launchers: our INFO lines (progress, evaluation tables) shown, library chatter below WARNING hidden."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    logging.getLogger("absl").setLevel(logging.INFO)
+    handler = absl_logging.get_absl_handler()  # every logger's records end there (absl's root handler)
+    if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+        handler.addFilter(_LibraryInfoFilter())
