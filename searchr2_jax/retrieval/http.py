@@ -12,6 +12,7 @@ exponential back-off, then `RetrievalError` says which URL failed and why. A 4xx
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -86,17 +87,32 @@ class HttpRetriever:
             req = urllib.request.Request(self.url, data=data, method="POST",
                                          headers={"Content-Type": "application/json"})
             try:
+                deadline = time.monotonic() + self.timeout_s
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    raw = resp.read()
+                    # The socket timeout bounds each read, not the whole reply: a server trickling bytes would
+                    # never trip it, so the body is read in chunks against the attempt's deadline.
+                    chunks = []
+                    while chunk := resp.read1(1 << 16):  # at most one recv per call
+                        chunks.append(chunk)
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("reply not complete within the timeout")
+                    raw = b"".join(chunks)
+                    if resp.length:  # read1 returns b"" at a premature end instead of raising, as read() does
+                        raise http.client.IncompleteRead(raw, resp.length)
                 try:
                     return json.loads(raw)
                 except json.JSONDecodeError as e:
                     raise RetrievalError(f"{self.url}: response is not JSON ({e.msg}): {raw[:200]!r}") from None
             except urllib.error.HTTPError as e:
-                detail = e.read()[:500].decode("utf-8", "replace")
+                try:
+                    detail = e.read()[:500].decode("utf-8", "replace")
+                except (OSError, http.client.HTTPException) as read_err:  # the error body itself timed out or broke
+                    detail = f"(body unreadable: {type(read_err).__name__})"
                 if e.code < 500:  # the request itself is wrong: retrying cannot help
                     raise RetrievalError(f"{self.url}: HTTP {e.code}: {detail}") from None
                 last = f"HTTP {e.code}: {detail}"
+            except http.client.HTTPException as e:  # not an HTTP reply (BadStatusLine), or cut off (IncompleteRead)
+                last = f"bad or cut-off HTTP reply ({type(e).__name__}: {str(e)[:200]})"
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
                 reason = getattr(e, "reason", e)
                 last = f"timed out after {self.timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError)) \

@@ -29,3 +29,18 @@ def corpus_path(tmp_path):
     with open(CORPUS) as src:
         p.write_text(src.read())
     return str(p)
+
+
+@pytest.fixture(scope="session")
+def bm25_retriever(corpus_records):
+    """In memory over the fixture records (opening the fixture path would write an offsets cache beside it)."""
+    from searchr2_jax.retrieval.bm25 import BM25Retriever
+
+    return BM25Retriever.from_corpus(corpus_records)
+
+
+@pytest.fixture(scope="session")
+def dense_retriever(encoder, corpus_records):
+    from searchr2_jax.retrieval.dense import DenseRetriever
+
+    return DenseRetriever.from_corpus(corpus_records, encoder)
