@@ -22,7 +22,7 @@ import numpy as np
 from searchr2_jax.retrieval.corpus import Corpus, open_corpus
 from searchr2_jax.retrieval.errors import IndexMismatchError
 from searchr2_jax.retrieval.index import _read_json, _write_json, check_compatible
-from searchr2_jax.retrieval.types import Passage
+from searchr2_jax.retrieval.types import Passage, live_queries
 
 META = "meta.json"
 
@@ -87,12 +87,8 @@ class BM25Retriever:
         return len(self.corpus)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        if isinstance(queries, str):
-            raise TypeError("search takes a list of queries, not one string")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        live = live_queries(queries, k)
         out: list[list[Passage]] = [[] for _ in queries]
-        live = [i for i, q in enumerate(queries) if q.strip()]  # an empty query has nothing to match
         k = min(k, len(self.corpus))
         if not live or k == 0:
             return out

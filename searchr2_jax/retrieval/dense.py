@@ -17,7 +17,7 @@ import numpy as np
 from searchr2_jax.models.encoder import TextEncoder, default_prefixes
 from searchr2_jax.retrieval.corpus import Corpus, open_corpus
 from searchr2_jax.retrieval.index import load_index, make_faiss, set_search_params
-from searchr2_jax.retrieval.types import Passage
+from searchr2_jax.retrieval.types import Passage, live_queries
 
 
 class DenseRetriever:
@@ -65,12 +65,8 @@ class DenseRetriever:
         return len(self.corpus)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        if isinstance(queries, str):
-            raise TypeError("search takes a list of queries, not one string")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        live = live_queries(queries, k)
         out: list[list[Passage]] = [[] for _ in queries]
-        live = [i for i, q in enumerate(queries) if q.strip()]  # an empty query has nothing to search for
         k = min(k, self.index.ntotal)
         if not live or k == 0:
             return out

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from searchr2_jax.retrieval.corpus import contents_of, to_passage
 from searchr2_jax.retrieval.errors import RetrievalError
-from searchr2_jax.retrieval.types import Passage
+from searchr2_jax.retrieval.types import Passage, live_queries
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,7 @@ class HttpRetriever:
                              f"(python launch/serve_retrieval.py --port=...)")
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        if isinstance(queries, str):
-            raise TypeError("search takes a list of queries, not one string")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        live_queries(queries, k)  # argument checks; blank queries still go to the server, which answers for them
         queries = list(queries)
         if not queries:
             return []
