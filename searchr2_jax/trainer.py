@@ -9,6 +9,7 @@ resumes from its latest checkpoint (state, PRNG key and data iterator) and conti
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from searchr2_jax import checkpoint as ckpt_lib
 from searchr2_jax import metrics as metrics_lib
@@ -46,8 +48,12 @@ def _files(spec: str) -> list[str]:
     return [p.strip() for p in (spec or "").split(",") if p.strip()]
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Raises ConfigError naming the field of the first problem; cheap (no model, data or compilation)."""
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
+                    num_processes: int | None = None) -> None:
+    """Raises ConfigError naming the field of the first problem; cheap (no model, data or compilation).
+
+    `train.prompts_per_step` and `sft.batch_size` are global: each of `num_processes` hosts (default: JAX's)
+    takes an equal share."""
     rl, ro, rf, tr = config.rl, config.rollout, config.refiner, config.train
     check_variant(config)
     if rl.algo not in ("grpo", "ppo"):
@@ -59,6 +65,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                           + (" (and refiner.enabled=True revises a turn of it)" if rf.enabled else ""))
     if rf.enabled and not 0 <= rf.max_revisions <= 4:
         raise ConfigError(f"refiner.max_revisions={rf.max_revisions}: expected 0..4")
+    procs = jax.process_count() if num_processes is None else num_processes
+    if tr.prompts_per_step % procs:
+        raise ConfigError(f"train.prompts_per_step={tr.prompts_per_step} does not split over the {procs} processes "
+                          f"(each host rolls out prompts_per_step / process_count prompts)")
+    if config.sft.steps > 0 and config.sft.batch_size % procs:
+        raise ConfigError(f"sft.batch_size={config.sft.batch_size} does not split over the {procs} processes")
     rows = tr.prompts_per_step * rl.group_size
     if rows % tr.micro_batches:
         raise ConfigError(f"train.micro_batches={tr.micro_batches} does not divide the {rows} rollout rows "
@@ -97,6 +109,25 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                           f"data x fsdp = {data * fsdp} devices (train.prompts_per_step, rl.group_size)")
 
 
+def _across_processes(metrics: dict) -> dict:
+    """Host-local scalar metrics -> their mean over processes (counts of trajectories and tokens: their sum)."""
+    if jax.process_count() == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = np.asarray(multihost_utils.process_allgather(np.asarray([float(metrics[k]) for k in keys], np.float32)))
+    summed = ("rollout/trajectories", "rollout/tokens_generated")
+    return {k: float(values[:, i].sum() if k in summed else values[:, i].mean()) for i, k in enumerate(keys)}
+
+
+def _gather_json(obj) -> list:
+    """A JSON-able object from every process, in process order (a collective: every process calls it)."""
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    n = int(np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int32))).max())
+    buf = np.zeros(n, np.uint8)
+    buf[:raw.size] = raw
+    return [json.loads(bytes(row).rstrip(b"\0")) for row in np.asarray(multihost_utils.process_allgather(buf))]
+
+
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         """`devices`: the devices of the mesh (default: all); tests pass a subset of the fake CPU devices."""
@@ -124,12 +155,19 @@ class Trainer:
             self.retriever = build_retriever(config.retrieval, corpus=self.world.corpus())
         self.tokenizer = self._tokenizer()
         self.mesh = sharding.make_mesh(config.mesh, devices)
+        # Multi-host: every host rolls out its own prompts on its own devices (the engine reads its arrays back on
+        # the host), with the global parameters viewed on this sub-mesh; train steps run on the global mesh.
+        try:
+            self.local_mesh = sharding.process_local_mesh(self.mesh)
+        except sharding.ShardingError as e:
+            raise ConfigError(f"multi-host rollouts: {e}") from e
+        self.num_processes, self.process_index = jax.process_count(), jax.process_index()
         self.model_cfg, params = self._model(init_rng)
 
         # --- rollout engine (Actor + Meta-Refiner share the model)
         refiner = MetaRefiner(self.model_cfg, self.tokenizer, config.refiner, config.rollout.max_turns)
         self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner,
-                                    mesh=self.mesh)
+                                    mesh=self.local_mesh)
         self.judge = judges.make_judge(config.reward.judge, **dict(config.reward.judge_kwargs))
 
         # --- optimization
@@ -140,7 +178,7 @@ class Trainer:
         state = state_lib.init_state(params, self.rl_opt, state_rng, with_reference=use_ref)
         # Every parameter and optimizer leaf is placed by the partition rules; batches split over data x fsdp.
         self.state_shardings = sharding.tree_shardings(state, self.mesh)
-        self.state = jax.device_put(state, self.state_shardings)
+        self.state = sharding.put_global(state, self.state_shardings)
         rows = sharding.batch_sharding(self.mesh, 2)
         self.sft_step = jax.jit(make_sft_step(self.model_cfg, self.sft_opt, config.train.micro_batches),
                                 in_shardings=(self.state_shardings, rows, rows, rows),
@@ -150,7 +188,8 @@ class Trainer:
                                                   temperature=config.rollout.temperature),
                                   in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, None),
                                   donate_argnums=0)
-        self.pipeline = QAPipeline(self.train_examples, batch_size=config.train.prompts_per_step,
+        # Each host reads its own shard (QAPipeline splits by process index) and its share of the global batch.
+        self.pipeline = QAPipeline(self.train_examples, batch_size=config.train.prompts_per_step // self.num_processes,
                                    group_size=config.rl.group_size, seed=config.seed)
         self.iterator = iter(self.pipeline)
         self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
@@ -168,7 +207,13 @@ class Trainer:
         out = os.path.join(self.workdir, "tokenizer")
         if os.path.exists(os.path.join(out, "tokenizer.json")):
             return tok_lib.load_tokenizer(out)
-        return train_world_tokenizer(self.world, vocab_size=self.config.model.vocab_size, out_dir=out)
+        if jax.process_count() == 1:
+            return train_world_tokenizer(self.world, vocab_size=self.config.model.vocab_size, out_dir=out)
+        # Multi-host (a shared workdir): process 0 trains and writes it, every process then loads the same files.
+        if jax.process_index() == 0:
+            train_world_tokenizer(self.world, vocab_size=self.config.model.vocab_size, out_dir=out)
+        multihost_utils.sync_global_devices("searchr2_jax world tokenizer")
+        return tok_lib.load_tokenizer(out)
 
     def _model(self, rng):
         m = self.config.model
@@ -181,24 +226,30 @@ class Trainer:
                             value_head=self.config.rl.algo == "ppo", tie_word_embeddings=True, **dict(m.init))
         return cfg, decoder.init_params(cfg, rng)
 
+    def local_params(self):
+        """The current parameters on this process's sub-mesh (the rollout engine's); a no-op with one process."""
+        return sharding.to_local_mesh(self.state.params, self.local_mesh)
+
     # ------------------------------------------------------------------------------------------ phases
 
     def sft_batch(self, step: int):
         """The SFT batch of `step`: demonstrations (and refiner examples), tokenized with loss masks.
 
-        A pure function of (config.seed, step), so a run resumed mid-SFT continues the same stream of batches."""
+        A pure function of (config.seed, step), so a run resumed mid-SFT continues the same stream of batches.
+        Multi-host: this host's sft.batch_size / process_count rows, drawn with the process index in the seed."""
         c = self.config.sft
         if self._demo_writer is None:
             self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk, retriever=self.retriever)
-        rng = np.random.default_rng([self.config.seed, step])
+        procs = jax.process_count()
+        rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
         examples = self.train_examples
-        L = c.seq_len
-        idx = rng.choice(len(examples), size=c.batch_size, replace=False)
+        L, rows = c.seq_len, c.batch_size // procs
+        idx = rng.choice(len(examples), size=rows, replace=False)
         demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
                                         flawed_fraction=c.flawed_fraction)
-        tokens = np.zeros((c.batch_size, L), np.int32)
-        mask = np.zeros((c.batch_size, L), np.float32)
-        valid = np.zeros((c.batch_size, L), bool)
+        tokens = np.zeros((rows, L), np.int32)
+        mask = np.zeros((rows, L), np.float32)
+        valid = np.zeros((rows, L), bool)
         for r, d in enumerate(demos):
             # Sound demos teach the Actor; a share of them and every flawed demo teach the refiner its label
             # (the first flawed step, 0 when sound) under the same prompt the rollout's refiner builds.
@@ -236,7 +287,7 @@ class Trainer:
         density = np.where(searches > 0, useful / np.maximum(searches, 1), 0.0)
         metrics = dict(out.metrics, **{"reward/mean": reward.mean(), "reward/em": em.mean(), "reward/f1": f1.mean(),
                                        "reward/density": density.mean()})
-        return trajs, reward, metrics
+        return trajs, reward, _across_processes(metrics)
 
     def step_batch(self, trajs, reward) -> StepBatch:
         """Advantages (GRPO by group id, or rejection sampling), broadcast onto generated and meta-action tokens."""
@@ -248,7 +299,14 @@ class Trainer:
             seq_adv = np.asarray(adv_lib.grpo_advantages(jnp.asarray(reward), jnp.asarray(
                 np.unique(gid, return_inverse=True)[1]), normalize_std=c.rl.normalize_std))
         M = T.bucket(len(trajs), minimum=c.train.micro_batches)  # at most one meta-action per revision budget
-        b = T.to_batch(trajs, num_meta=M * max(c.refiner.max_revisions, 1))
+        # The padded lengths to_batch would pick; multi-host, the largest over hosts so that every host agrees.
+        seq_len = T.bucket(max((len(t.job.prompt_ids) + len(t.response_ids) for t in trajs), default=1))
+        meta_len = T.bucket(max((len(m.prompt_ids) + len(m.action_ids) for t in trajs for m in t.meta_actions),
+                                default=1))
+        if jax.process_count() > 1:
+            seq_len, meta_len = (int(v) for v in np.asarray(multihost_utils.process_allgather(
+                np.asarray([seq_len, meta_len], np.int32))).max(axis=0))
+        b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=M * max(c.refiner.max_revisions, 1))
         adv_tok = seq_adv[:, None] * (b.loss_mask > 0)
         train_meta = c.refiner.enabled and c.rl.train_meta_actions
         meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * b.meta_mask
@@ -269,13 +327,22 @@ class Trainer:
         if step is None:
             return 0
         self.state, data = self.ckpt.restore(self.state, step)
-        if data.get("iterator"):
-            self.iterator.set_state(data["iterator"])
+        it_state = data.get("iterator")
+        if "iterators" in data:  # one per process (multi-host runs)
+            if len(data["iterators"]) != self.num_processes:
+                raise ValueError(f"checkpoint {step} holds the data iterators of {len(data['iterators'])} processes; "
+                                 f"this run has {self.num_processes}")
+            it_state = data["iterators"][self.process_index]
+        if it_state:
+            self.iterator.set_state(it_state)
         logging.info("resumed from step %d", step)
         return int(step)
 
     def save(self, step: int, force: bool = False):
-        self.ckpt.save(step, self.state, {"iterator": self.iterator.get_state()}, force=force)
+        data = {"iterator": self.iterator.get_state()}
+        if self.num_processes > 1:  # orbax writes the JSON from process 0 only: gather every host's position
+            data["iterators"] = _gather_json(data["iterator"])
+        self.ckpt.save(step, self.state, data, force=force)
 
     def run(self, stop_at: int | None = None) -> dict:
         """Trains from the latest checkpoint to the end (or, when `stop_at` is given, up to that step: a deliberate
@@ -292,17 +359,21 @@ class Trainer:
         while step < end:
             t0 = time.time()
             if step < self.sft_steps:
-                tokens, valid, mask = self.sft_batch(step)
+                tokens, valid, mask = sharding.host_local_to_global(self.sft_batch(step), self.mesh)
                 self.state, metrics = self.sft_step(self.state, tokens, valid, mask)
             else:
                 if step == self.sft_steps and step > 0:  # phase switch: fresh RL optimizer, reference = warm start
                     self.state = self.state._replace(opt_state=self.rl_opt.init(self.state.params))
                     if self.state.ref_params is not None:
                         self.state = self.state._replace(ref_params=jax.tree.map(jnp.copy, self.state.params))
+                    self.state = jax.device_put(self.state, self.state_shardings)  # eager results: back in place
                 batch = next(self.iterator)
                 rng = jax.random.fold_in(self.data_rng, step)
-                trajs, reward, metrics = self.rollout_and_score(self.state.params, batch, rng)
-                self.state, step_metrics = self.train_step(self.state, self.step_batch(trajs, reward))
+                if self.num_processes > 1:  # hosts roll out different prompts: give them different samples too
+                    rng = jax.random.fold_in(rng, self.process_index)
+                trajs, reward, metrics = self.rollout_and_score(self.local_params(), batch, rng)
+                step_batch = sharding.host_local_to_global(self.step_batch(trajs, reward), self.mesh)
+                self.state, step_metrics = self.train_step(self.state, step_batch)
                 metrics.update(step_metrics)
             step += 1
             metrics["perf/step_time_s"] = time.time() - t0
@@ -312,7 +383,7 @@ class Trainer:
                                  if k in ("sft/nll", "train/loss", "reward/mean", "reward/em")})
             rl_step = step - self.sft_steps
             if c.train.eval_every > 0 and rl_step > 0 and (rl_step % c.train.eval_every == 0 or step == total):
-                table = eval_lib.evaluate(self.engine, self.state.params, self.eval_examples,
+                table = eval_lib.evaluate(self.engine, self.local_params(), self.eval_examples,
                                           jax.random.fold_in(self.eval_rng, step), chat=c.model.chat)
                 last.update(self.writer.write(step, table))
                 logging.info("step %d eval\n%s", step, eval_lib.format_table(table))

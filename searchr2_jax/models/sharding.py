@@ -261,6 +261,63 @@ def host_local_to_global(batch, mesh: Mesh, spec: P | None = None):
     return jax.tree.map(one, batch)
 
 
+def put_global(tree, shardings):
+    """`jax.device_put(tree, shardings)` for a tree every process built identically (e.g. the initial state).
+
+    With several processes, device_put refuses arrays committed to a local device: leaves go through the host
+    (PRNG keys as their key data). With one process it is a plain device_put.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, s):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), NamedSharding(s.mesh, P()))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), s)
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def process_local_mesh(mesh: Mesh) -> Mesh:
+    """The sub-mesh of this process's devices: the `data` rows it owns, each with its whole fsdp x tensor block.
+
+    Per-host work (rollouts) runs on it with the parameters of the global mesh (see `to_local_mesh`). With one
+    process (or a mesh of this process's devices only) it is `mesh` itself. Raises ShardingError when a process
+    does not own whole, equally many rows of the data axis (fsdp or tensor spanning hosts).
+    """
+    devices = np.asarray(mesh.devices)
+    pid = jax.process_index()
+    own = np.vectorize(lambda d: d.process_index == pid, otypes=[bool])(devices)
+    if own.all():
+        return mesh
+    rows = own.all(axis=(1, 2))
+    nprocs = len({d.process_index for d in devices.flat})
+    if (own.any(axis=(1, 2)) != rows).any() or rows.sum() * nprocs != devices.shape[0]:
+        raise ShardingError(f"mesh {dict(mesh.shape)}: process {pid} does not own whole, equal rows of mesh.data "
+                            f"(mesh.fsdp x mesh.tensor = {mesh.shape['fsdp'] * mesh.shape['tensor']} must fit in one "
+                            f"host's {jax.local_device_count()} devices, the hosts split along mesh.data)")
+    return Mesh(devices[rows], mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def to_local_mesh(tree, local: Mesh):
+    """Global arrays whose specs do not use `data` -> the same arrays on the process-local sub-mesh `local`.
+
+    Zero-copy: every local device already holds its shard (the sub-mesh keeps the fsdp x tensor layout).
+    """
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        if "data" in jax.tree.leaves(tuple(x.sharding.spec)):
+            raise ShardingError(f"an array sharded over `data` ({x.sharding.spec}) has no per-process copy")
+        s = NamedSharding(local, x.sharding.spec)
+        shards = {sh.device: sh.data for sh in x.addressable_shards}
+        return jax.make_array_from_single_device_arrays(x.shape, s, [shards[d] for d in local.devices.flat])
+
+    return jax.tree.map(one, tree)
+
+
 def is_sharded(x: jax.Array) -> bool:
     """True when no single device holds the whole array (a check for tests and logs)."""
     return any(s.data.shape != x.shape for s in x.addressable_shards)
@@ -280,5 +337,5 @@ __all__ = [
     "AXES", "BATCH_AXES", "DECODER_RULES", "ShardingError", "batch_sharding", "batch_spec", "cache_shardings",
     "cache_specs", "fit_spec", "host_local_to_global", "init_cache_sharded", "is_sharded", "make_mesh",
     "match_partition_rules", "maybe_initialize_distributed", "mesh_shape", "param_shardings", "param_specs",
-    "shard_params", "shape_dtype", "tree_shardings",
+    "process_local_mesh", "put_global", "shard_params", "shape_dtype", "to_local_mesh", "tree_shardings",
 ]
