@@ -181,4 +181,22 @@ def run(quick: bool = False) -> dict:
     figures["faiss_large_rows"] = sizes[large]
 
     figures.update(bench_wiki(encoder, quick))
+    figures.update(bench_world(encoder, quick))
     return figures
+
+
+def bench_world(encoder, quick: bool) -> dict:
+    """Share of the synthetic world's scripted hop queries that retrieve their gold passage in the top 3 (the
+    default world: ~2k passages, 10k questions; quick: the tiny one)."""
+    from searchr2_jax.data import synthetic
+    from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+
+    world = synthetic.generate_world(synthetic.WorldConfig.tiny() if quick else synthetic.WorldConfig())
+    out = {"world_passages": float(len(world.passages)),
+           "world_hops": float(sum(q.metadata["hops"] for q in world.questions))}
+    for backend in ("bm25", "dense"):
+        cfg = default_retrieval_config()
+        cfg.backend = backend
+        retriever = build_retriever(cfg, corpus=world.corpus(), encoder=encoder if backend == "dense" else None)
+        out[f"world_hop_recall_at_3_{backend}"] = synthetic.hop_recall(world, retriever, k=3)
+    return out

@@ -270,6 +270,20 @@ def generate_world(config: WorldConfig | None = None, **overrides) -> World:
     return World(cfg, ents, passages, questions, splits)
 
 
+def hop_recall(world: World, retriever, k: int = 3, questions: list[QAExample] | None = None,
+               batch_size: int = 512) -> float:
+    """Share of hops whose scripted query (`hop_queries`) retrieves that hop's gold passage within the top k: how
+    well a retriever serves the protocol the demonstrations teach."""
+    pairs = [(q, str(pid)) for ex in (world.questions if questions is None else questions)
+             for q, pid in zip(ex.metadata["hop_queries"], ex.metadata["gold_passage_ids"])]
+    hits = 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        results = retriever.search([q for q, _ in chunk], k)
+        hits += sum(gold in {p.id for p in found} for (_, gold), found in zip(chunk, results))
+    return hits / max(len(pairs), 1)
+
+
 def write_world(world: World, out_dir: str, write_jsonl: Callable | None = None) -> dict[str, str]:
     """Write `corpus.jsonl`, `{train,dev,test}.jsonl` (FlashRAG schema + metadata) and `world.json`; returns paths."""
     os.makedirs(out_dir, exist_ok=True)
