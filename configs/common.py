@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict(dict(judge="oracle", judge_kwargs={}, outcome_only=False))
     c.rl = ml_collections.ConfigDict(dict(
         algo="grpo", group_size=5, normalize_std=True, train_meta_actions=True, rejection_sampling=False,
+        gamma=1.0, lam=1.0,  # PPO's GAE (Search-R1 uses 1 and 1)
         loss=default_loss_config()))
     c.optim = default_optim_config()
     c.sft = ml_collections.ConfigDict(dict(steps=0, batch_size=16, seq_len=512, flawed_fraction=0.4,

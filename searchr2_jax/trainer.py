@@ -33,7 +33,7 @@ from searchr2_jax.retrieval.retriever import build_retriever
 from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rl import judges, rewards
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, sequence_logprobs
+from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, token_values
 from searchr2_jax.rollout import types as T
 from searchr2_jax.rollout.refiner import MetaRefiner
 from searchr2_jax.rollout.rollout import RolloutEngine
@@ -189,6 +189,9 @@ class Trainer:
                                   in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, None),
                                   donate_argnums=0)
         # Each host reads its own shard (QAPipeline splits by process index) and its share of the global batch.
+        if config.rl.algo == "ppo":  # the critic's values for GAE, on the rollout engine's (per-host) parameters
+            self._values = jax.jit(lambda params, tokens, valid: token_values(
+                self.model_cfg, params, decoder.forward_hidden(self.model_cfg, params, tokens, mask=valid)[0]))
         self.pipeline = QAPipeline(self.train_examples, batch_size=config.train.prompts_per_step // self.num_processes,
                                    group_size=config.rl.group_size, seed=config.seed)
         self.iterator = iter(self.pipeline)
@@ -292,9 +295,10 @@ class Trainer:
     def step_batch(self, trajs, reward) -> StepBatch:
         """Advantages (GRPO by group id, or rejection sampling), broadcast onto generated and meta-action tokens."""
         c = self.config
+        ppo = c.rl.algo == "ppo"
         if c.rl.rejection_sampling:
             seq_adv = (reward > 0).astype(np.float32)  # learn only from successful trajectories, as SFT would
-        else:
+        elif not ppo:
             gid = np.asarray([t.job.group_id for t in trajs])
             seq_adv = np.asarray(adv_lib.grpo_advantages(jnp.asarray(reward), jnp.asarray(
                 np.unique(gid, return_inverse=True)[1]), normalize_std=c.rl.normalize_std))
@@ -307,15 +311,29 @@ class Trainer:
             seq_len, meta_len = (int(v) for v in np.asarray(multihost_utils.process_allgather(
                 np.asarray([seq_len, meta_len], np.int32))).max(axis=0))
         b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=M * max(c.refiner.max_revisions, 1))
-        adv_tok = seq_adv[:, None] * (b.loss_mask > 0)
+        valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]
+        zeros = np.zeros(b.tokens.shape, np.float32)
+        old_values, returns = zeros, zeros
+        if ppo and not c.rl.rejection_sampling:
+            # PPO: the critic's values under the sampling policy's parameters, the reward on each trajectory's last
+            # generated token, GAE across the retrieved spans, advantages whitened over the batch's loss tokens.
+            old_values = np.asarray(self._values(self.local_params(), b.tokens, valid))
+            mask = jnp.asarray(b.loss_mask, jnp.float32)
+            adv, ret = adv_lib.gae_advantages(adv_lib.terminal_rewards(jnp.asarray(reward), mask),
+                                              jnp.asarray(old_values), mask, c.rl.gamma, c.rl.lam)
+            adv_tok, returns = np.asarray(adv_lib.masked_whiten(adv, mask)), np.asarray(ret)
+            # A meta-action shares its trajectory's advantage: the one at the trajectory's first generated token
+            # (with gamma = lam = 1, the whole return against the critic's estimate from the prompt).
+            first = np.argmax(b.loss_mask > 0, axis=1)
+            seq_adv = adv_tok[np.arange(len(trajs)), first]
+            old_values = np.where(b.loss_mask > 0, old_values, 0.0).astype(np.float32)
+        else:
+            adv_tok = seq_adv[:, None] * (b.loss_mask > 0)
         train_meta = c.refiner.enabled and c.rl.train_meta_actions
         meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * b.meta_mask
-        valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]
-        mvalid = b.meta_tokens != 0
-        mvalid[:, 0] = True
-        zeros = np.zeros(b.tokens.shape, np.float32)
+        mvalid = np.arange(b.meta_tokens.shape[1])[None, :] < b.meta_lengths[:, None]
         return StepBatch(b.tokens, valid, b.loss_mask.astype(np.float32), b.logprobs, adv_tok.astype(np.float32),
-                         zeros, zeros, b.meta_tokens, mvalid, (b.meta_mask * train_meta).astype(np.float32),
+                         returns.astype(np.float32), old_values, b.meta_tokens, mvalid, (b.meta_mask * train_meta).astype(np.float32),
                          b.meta_logprobs, meta_adv.astype(np.float32))
 
     # ------------------------------------------------------------------------------------------ loop

@@ -227,3 +227,33 @@ def test_real_data_needs_a_real_tokenizer_and_corpus():
     _expect(c, "retrieval.corpus_path")
     c.retrieval.corpus_path = "/data/wiki-18.jsonl"
     validate_config(c, num_devices=1)
+
+
+@pytest.mark.slow  # its own compile of the critic path: ~15 s on 2 CPU cores
+def test_ppo_with_a_critic_trains_the_value_head(compile_cache, tmp_path):
+    """algo=ppo: values from the value head, GAE over the loss tokens, and a train step that moves the critic."""
+    c = tiny_config("sft_steps=0,steps=1")
+    c.rl.algo = "ppo"
+    c.rollout.temperature = 1.0
+    trainer = Trainer(c, str(tmp_path), devices=one_device())
+    assert trainer.model_cfg.value_head
+    before = np.asarray(trainer.state.params["value_head"]["w"]).copy()
+    batch = next(trainer.iterator)
+    trajs, reward, _ = trainer.rollout_and_score(trainer.local_params(), batch, jax.random.key(0))
+    reward = np.linspace(-1.0, 1.0, len(trajs)).astype(np.float32)  # distinct rewards: non-zero advantages
+    sb = trainer.step_batch(trajs, reward)
+    live = np.asarray(sb.loss_mask) > 0
+    assert live.any()
+    # GAE advantages are whitened over the loss tokens; returns and old values live on loss tokens only.
+    adv = np.asarray(sb.advantages)[live]
+    assert abs(adv.mean()) < 1e-4 and abs(adv.std(ddof=1) - 1.0) < 1e-3
+    assert not np.asarray(sb.returns)[~live].any() and not np.asarray(sb.old_values)[~live].any()
+    # gamma = lam = 1: a trajectory's return on each of its tokens is its reward.
+    for r, row in enumerate(np.asarray(sb.returns)):
+        np.testing.assert_allclose(row[live[r]], reward[r], atol=1e-5)
+    state, metrics = trainer.train_step(trainer.state, sb)
+    assert math.isfinite(float(metrics["train/loss"])) and "train/vf_loss" in metrics
+    assert float(metrics["train/skipped"]) == 0.0
+    assert not np.allclose(np.asarray(state.params["value_head"]["w"]), before)
+    trainer.ckpt.close()
+    trainer.writer.close()

@@ -53,6 +53,12 @@ def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature: fl
     return jnp.pad(lp, ((0, 0), (1, 0))), hidden
 
 
+def token_values(cfg: DecoderConfig, params, hidden):
+    """Critic values [B, T] aligned with the log-probs: position i holds V(state before token i), read from the
+    hidden state at i - 1 (the one that predicts token i); 0 at i = 0."""
+    return jnp.pad(decoder.values(cfg, params, hidden[:, :-1]), ((0, 0), (1, 0)))
+
+
 def _split(x, n):
     return x.reshape((n, x.shape[0] // n) + x.shape[1:])
 
@@ -110,7 +116,7 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         metrics = {f"train/{k}": v * tok / tok_denom for k, v in pm.items()}
         metrics.update({f"train/meta_{k}": v * mtok / meta_denom for k, v in mm.items()})
         if use_critic:
-            vals = decoder.values(cfg, params, hidden)
+            vals = token_values(cfg, params, hidden)
             vsum, _, vm = losses.value_loss(vals, mb.old_values, mb.returns, mb.loss_mask, loss_cfg)
             loss = loss + loss_cfg.vf_coef * vsum / tok_denom
             metrics.update({f"train/{k}": v * tok / tok_denom for k, v in vm.items()})

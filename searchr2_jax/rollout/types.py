@@ -92,6 +92,7 @@ class TrajectoryBatch(NamedTuple):
     meta_mask: np.ndarray  # [M, Q] int8
     meta_logprobs: np.ndarray  # [M, Q] f32
     meta_index: np.ndarray  # [M] int32 (−1 pads)
+    meta_lengths: np.ndarray  # [M] int32: refiner prompt + chosen integer (0 on padding rows)
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -125,7 +126,10 @@ def to_batch(trajectories: Sequence[Trajectory], seq_len: int | None = None, met
     meta_mask = np.zeros((M, Q), np.int8)
     meta_logp = np.zeros((M, Q), np.float32)
     meta_index = np.full((M,), -1, np.int32)
-    for j, (i, m) in enumerate(metas[:M]):
+    meta_lengths = np.zeros((M,), np.int32)
+    if len(metas) > M:
+        raise ValueError(f"{len(metas)} meta-actions do not fit num_meta={M}")
+    for j, (i, m) in enumerate(metas):
         p, a = len(m.prompt_ids), len(m.action_ids)
         if p + a > Q:
             raise ValueError(f"a refiner prompt of {p + a} tokens does not fit meta_len={Q}")
@@ -136,7 +140,8 @@ def to_batch(trajectories: Sequence[Trajectory], seq_len: int | None = None, met
         # a sum over the mask recovers it. Single-token integers ("0".."9") are the common case.
         meta_logp[j, p] = m.logprob
         meta_index[j] = i
+        meta_lengths[j] = p + a
     return TrajectoryBatch(tokens, mask, logp, np.asarray(lens, np.int32),
                            np.asarray([len(t.job.prompt_ids) for t in trajectories], np.int32),
                            np.asarray([t.job.group_id for t in trajectories], np.int64),
-                           meta_tokens, meta_mask, meta_logp, meta_index)
+                           meta_tokens, meta_mask, meta_logp, meta_index, meta_lengths)
