@@ -56,7 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.retrieval = default_retrieval_config()
     c.rollout = default_rollout_config()
     c.refiner = default_refiner_config()
-    c.reward = ml_collections.ConfigDict(dict(judge="oracle", judge_kwargs={}, outcome_only=False))
+    c.reward = ml_collections.ConfigDict(dict(
+        judge="oracle", judge_kwargs={}, outcome_only=False,
+        judge_model="",  # judge=llm: an HF folder of the judge LM ("smollm2": the offline SmolLM2-135M-Instruct)
+        judge_max_new_tokens=3000))
     c.rl = ml_collections.ConfigDict(dict(
         algo="grpo", group_size=5, normalize_std=True, train_meta_actions=True, rejection_sampling=False,
         gamma=1.0, lam=1.0,  # PPO's GAE (Search-R1 uses 1 and 1)
@@ -92,7 +95,7 @@ def paper_config(arg, *, model: str, tensor: int, micro_batches: int, chat: bool
     (the paper's tensor-parallel size); `micro_batches` keeps 4 rows per fsdp shard on the pod the config is sized
     for, as the paper's micro-batch of 4 per GPU."""
     a = parse_arg(arg, root="/mnt/disks/searchr2", hf_path="", corpus="", index="", encoder="", train_files="",
-                  eval_dir="", variant="search_r2", steps=300, prompts=512, judge="lexical", eval_examples=512)
+                  eval_dir="", variant="search_r2", steps=300, prompts=512, judge="llm", eval_examples=512)
     root = a.root.rstrip("/")
     c = base_config()
     c.model.update(dict(hf_path=a.hf_path or f"{root}/models/{model}", chat=chat, dtype="bfloat16", remat=True))
@@ -110,9 +113,9 @@ def paper_config(arg, *, model: str, tensor: int, micro_batches: int, chat: bool
     c.rollout.update(dict(slots=slots, max_turns=4, max_prompt_tokens=4096, max_response_tokens=3000,
                           max_obs_tokens=512, topk=3, segment_steps=64, temperature=1.0, top_p=1.0))
     c.refiner.update(dict(max_revisions=1, margin=0.0, chat=chat, max_prompt_tokens=4096))
-    # The paper's judge is DeepSeek-R1-Distill-Qwen-7B; a config file cannot hold its `generate` callable, so the
-    # lexical judge (a gold answer in a new collection) stands in unless a launcher wires `llm`.
-    c.reward.judge = a.judge
+    # The paper's judge: DeepSeek-R1-Distill-Qwen-7B (a Qwen2), greedy, up to 3,000 tokens, on our decoder.
+    c.reward.update(dict(judge=a.judge, judge_model=f"{root}/models/DeepSeek-R1-Distill-Qwen-7B",
+                         judge_max_new_tokens=3000))
     c.rl.update(dict(algo="grpo", group_size=5, normalize_std=True))
     c.rl.loss.update(dict(kl_coef=0.001, kl_estimator="low_var_kl", entropy_coef=0.0, clip_eps_low=0.2,
                           clip_eps_high=0.2))

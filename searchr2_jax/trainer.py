@@ -77,9 +77,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                           f"(train.prompts_per_step x rl.group_size)")
     if config.reward.judge not in judges.JUDGES:
         raise ConfigError(f"reward.judge={config.reward.judge!r}: expected one of {sorted(judges.JUDGES)}")
-    if config.reward.judge == "llm" and not config.reward.outcome_only and "generate" not in config.reward.judge_kwargs:
-        raise ConfigError("reward.judge='llm' needs reward.judge_kwargs.generate (a callable serving the judge "
-                          "model); use 'lexical' or 'oracle' from a config file")
+    if (config.reward.judge == "llm" and not config.reward.outcome_only
+            and "generate" not in config.reward.judge_kwargs and not config.reward.judge_model):
+        raise ConfigError("reward.judge='llm' needs reward.judge_model (an HF folder of the judge LM, or 'smollm2') "
+                          "or reward.judge_kwargs.generate (a callable)")
     if tr.steps < 0 or config.sft.steps < 0:
         raise ConfigError(f"train.steps={tr.steps}, sft.steps={config.sft.steps}: must be >= 0")
     if tr.ckpt_every < 1:
@@ -168,7 +169,7 @@ class Trainer:
         refiner = MetaRefiner(self.model_cfg, self.tokenizer, config.refiner, config.rollout.max_turns)
         self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner,
                                     mesh=self.local_mesh)
-        self.judge = judges.make_judge(config.reward.judge, **dict(config.reward.judge_kwargs))
+        self.judge = self._judge()
 
         # --- optimization
         self.sft_steps, self.rl_steps = config.sft.steps, config.train.steps
@@ -229,6 +230,12 @@ class Trainer:
                             value_head=self.config.rl.algo == "ppo", tie_word_embeddings=True, **dict(m.init))
         return cfg, decoder.init_params(cfg, rng)
 
+    def _judge(self) -> judges.Judge:
+        r = self.config.reward
+        if r.judge == "llm" and not r.outcome_only and "generate" not in r.judge_kwargs:
+            return judges.LLMJudge.from_pretrained(r.judge_model, r.judge_max_new_tokens, mesh=self.local_mesh)
+        return judges.make_judge(r.judge, **dict(r.judge_kwargs))
+
     def local_params(self):
         """The current parameters on this process's sub-mesh (the rollout engine's); a no-op with one process."""
         return sharding.to_local_mesh(self.state.params, self.local_mesh)
@@ -280,16 +287,16 @@ class Trainer:
         em, f1 = eval_lib.score(trajs)
         useful = np.zeros(len(trajs), np.float32)
         if not self.config.reward.outcome_only and self.config.reward.judge != "none":
-            useful = np.asarray([self.judge.count_useful(t.job.question, t.job.golden_answers,
-                                                         [turn.passages for turn in t.searches],
-                                                         gold_ids=t.job.metadata.get("gold_passage_ids"))
-                                 for t in trajs], np.float32)
+            # One batched call for the whole step (the LLM judge decodes every prompt in one engine run).
+            useful = np.asarray(self.judge.count_many([judges.JudgeItem(
+                t.job.question, t.job.golden_answers, [turn.passages for turn in t.searches],
+                t.job.metadata.get("gold_passage_ids")) for t in trajs]), np.float32)
         searches = np.asarray([len(t.searches) for t in trajs], np.float32)
         reward = np.asarray([rewards.hybrid_reward(e, u, m, outcome_only=self.config.reward.outcome_only)
                              for e, u, m in zip(em, useful, searches)], np.float32)
         density = np.where(searches > 0, useful / np.maximum(searches, 1), 0.0)
         metrics = dict(out.metrics, **{"reward/mean": reward.mean(), "reward/em": em.mean(), "reward/f1": f1.mean(),
-                                       "reward/density": density.mean()})
+                                       "reward/density": density.mean()}, **self.judge.stats())
         return trajs, reward, _across_processes(metrics)
 
     def step_batch(self, trajs, reward) -> StepBatch:

@@ -195,10 +195,12 @@ def test_unknown_judge():
     _expect(c, "reward.judge")
 
 
-def test_llm_judge_needs_a_generate_callable():
+def test_llm_judge_needs_a_model_or_a_generate_callable():
     c = tiny_config()
     c.reward.judge = "llm"
     _expect(c, "reward.judge")
+    c.reward.judge_model = "smollm2"
+    validate_config(c, num_devices=1)
 
 
 def test_unknown_variant():

@@ -192,6 +192,29 @@ class LLMJudge(Judge):
     def stats(self) -> dict[str, float]:
         return {"judge/calls": float(self.calls), "judge/parse_failures": float(self.parse_failures)}
 
+    @classmethod
+    def from_pretrained(cls, path: str, max_new_tokens: int = 3000, slots: int = 16, mesh=None) -> "LLMJudge":
+        """The judge LM of an HF folder (e.g. DeepSeek-R1-Distill-Qwen-7B; "smollm2" = the offline SmolLM2) on our
+        own decoder and rollout engine: its chat template renders the Table 11 messages, decoding is greedy."""
+        from searchr2_jax.models import hf_io
+        from searchr2_jax.models.gguf_import import ensure_smollm2
+        from searchr2_jax.rollout.generate import generate
+        from searchr2_jax.text.tokenizer import load_tokenizer
+
+        path = ensure_smollm2() if path == "smollm2" else path
+        tokenizer = load_tokenizer(path)
+        cfg, params = hf_io.load_params(path)
+        render = render_plain
+        if getattr(tokenizer, "chat_template", None):
+            render = lambda messages: tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                    add_generation_prompt=True)
+
+        def run(prompts: list[str]) -> list[str]:
+            return [r.text for r in generate(cfg, params, tokenizer, prompts, chat=False, max_new_tokens=max_new_tokens,
+                                             slots=slots, mesh=mesh)]
+
+        return cls(run, render)
+
 
 JUDGES = {"none": NoJudge, "oracle": OracleJudge, "lexical": LexicalJudge, "llm": LLMJudge}
 

@@ -148,3 +148,20 @@ def test_llm_judge_custom_render_and_reply_count_check():
     bad = judges.LLMJudge(generate=lambda ps: [])
     with pytest.raises(ValueError, match="0 replies for 1 prompts"):
         bad.count_useful("q", ["a"], [[_p(1)]])
+
+
+@pytest.mark.slow  # loads SmolLM2-135M-Instruct and decodes a few judge replies: ~15 s on 2 CPU cores
+def test_llm_judge_from_a_model_folder_runs_on_our_engine():
+    """The paper's judge wiring with the offline SmolLM2 standing in for DeepSeek-R1-Distill-Qwen-7B: Table 11
+    through the model's chat template, greedy replies from our rollout engine, counts clipped to [0, M]."""
+    judge = judges.LLMJudge.from_pretrained("smollm2", max_new_tokens=24)
+    p = lambda i, text: Passage(str(i), f"T{i}", text)
+    items = [judges.JudgeItem("Who wrote Hamlet?", ["William Shakespeare"],
+                              [[p(1, "Hamlet is a tragedy by William Shakespeare.")], [p(2, "Paris is in France.")]]),
+             judges.JudgeItem("Capital of France?", ["Paris"], []),  # M = 0: not sent to the model
+             judges.JudgeItem("Capital of Peru?", ["Lima"], [[p(3, "Lima is the capital of Peru.")]])]
+    counts = judge.count_many(items)
+    assert counts[1] == 0 and 0 <= counts[0] <= 2 and 0 <= counts[2] <= 1
+    stats = judge.stats()
+    assert stats["judge/calls"] == 2 and 0 <= stats["judge/parse_failures"] <= 2
+    assert "<|im_start|>system" in judge.render(judges.judge_messages("q", ["a"], []))
