@@ -8,12 +8,16 @@ doing the same work here) stay meaningful on a shared, noisy machine.
 
 import importlib
 import json
+import os
 import platform
+import sys
 import time
 
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
-from searchr2_jax.benchmarks import SUITES
+from absl import app, flags  # noqa: E402
+
+from searchr2_jax.benchmarks import SUITES  # noqa: E402
 
 FLAGS = flags.DEFINE_string("suite", None, f"one of {sorted(SUITES)}", required=True)
 JSON_OUT = flags.DEFINE_string("json_out", None, "where to write the JSON figures (printed either way)")
@@ -34,7 +38,7 @@ def main(argv):
         "suite": FLAGS.value,
         "device": str(jax.devices()[0].device_kind),
         "num_devices": jax.device_count(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "jax": jax.__version__,
         "wall_s": round(time.time() - start, 2),
