@@ -95,7 +95,7 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
     """Builds the jittable `train_step(state, batch) -> (state, metrics)` for GRPO (default) or PPO."""
     use_kl = loss_cfg.kl_coef > 0
 
-    def policy_terms(params, ref_params, tokens, valid, mask, old_lp, adv):
+    def policy_terms(params, ref_params, tokens, valid, mask, old_lp, adv, temperature):
         logp, hidden = sequence_logprobs(cfg, params, tokens, valid, temperature)
         ref_lp = None
         if use_kl:
@@ -105,9 +105,11 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
 
     def loss_fn(params, mb: StepBatch, ref_params, denom, tok_denom, meta_denom):
         psum, pm, hidden = policy_terms(params, ref_params, mb.tokens, mb.valid, mb.loss_mask, mb.old_logprobs,
-                                        mb.advantages)
+                                        mb.advantages, temperature)
+        # The refiner scores its candidates at temperature 1 (its decision is an argmax over those log-probs), so
+        # the meta-action's policy is the untempered distribution, whatever the Actor's sampling temperature.
         msum, mm, _ = policy_terms(params, ref_params, mb.meta_tokens, mb.meta_valid, mb.meta_mask,
-                                   mb.meta_old_logprobs, mb.meta_advantages)
+                                   mb.meta_old_logprobs, mb.meta_advantages, 1.0)
         loss = (psum + msum) / denom
         # Each metric of `policy_loss` is a mean over its own tokens: weight it back to a sum and divide by the
         # global count of the same tokens, so the summed micro-batch metrics are means over the whole batch.

@@ -75,16 +75,18 @@ def test_meta_actions_contribute_only_when_masked_in():
     assert float(with_meta["train/loss"]) != float(without["train/loss"])
 
 
-@pytest.mark.parametrize("n_micro", [1, 2])
-def test_on_policy_ratio_metrics_are_one_for_trajectory_and_meta_tokens(n_micro):
+@pytest.mark.parametrize("n_micro,temperature", [(1, 1.0), (2, 1.0), (2, 0.7)])
+def test_on_policy_ratio_metrics_are_one_for_trajectory_and_meta_tokens(n_micro, temperature):
     """Old log-probs taken from the same params: every ratio is 1, so each ratio metric (a mean over its own
-    tokens, trajectory and meta-action counted apart) must be 1 whatever the token counts and micro-batching."""
+    tokens, trajectory and meta-action counted apart) must be 1 whatever the token counts and micro-batching.
+    The Actor samples at `temperature`; the refiner scores its candidates at temperature 1."""
     state, opt = _state()
     batch = _batch()
-    lp = np.asarray(sequence_logprobs(CFG, state.params, batch.tokens, batch.valid)[0]) * batch.loss_mask
+    lp = np.asarray(sequence_logprobs(CFG, state.params, batch.tokens, batch.valid, temperature)[0]) * batch.loss_mask
     mlp = np.asarray(sequence_logprobs(CFG, state.params, batch.meta_tokens, batch.meta_valid)[0]) * batch.meta_mask
     batch = batch._replace(old_logprobs=lp.astype(np.float32), meta_old_logprobs=mlp.astype(np.float32))
-    _, metrics = jax.jit(make_train_step(CFG, _loss_cfg(), opt, num_micro=n_micro))(state, batch)
+    step = make_train_step(CFG, _loss_cfg(), opt, num_micro=n_micro, temperature=temperature)
+    _, metrics = jax.jit(step)(state, batch)
     np.testing.assert_allclose(float(metrics["train/ratio"]), 1.0, atol=1e-5)
     np.testing.assert_allclose(float(metrics["train/meta_ratio"]), 1.0, atol=1e-5)
     assert float(metrics["train/clip_frac"]) == 0.0
