@@ -8,8 +8,6 @@ restart must restore each process's own data-iterator position.
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -65,12 +63,6 @@ def _worker(coordinator: str, pid: int, workdir: str, out_dir: str):
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_global_batches_must_split_over_processes():
     from searchr2_jax.trainer import ConfigError, validate_config
 
@@ -91,25 +83,10 @@ def test_global_batches_must_split_over_processes():
 def test_two_process_trainer_agrees_and_checkpoints(tmp_path):
     workdir, out_dir = tmp_path / "work", tmp_path / "out"
     out_dir.mkdir()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in sys.path if p]))
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), f"127.0.0.1:{port}", str(i), str(workdir),
-                               str(out_dir)], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in range(2)]
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=240)
-            outputs.append(out)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.communicate()
-        pytest.fail("two-process trainer timed out (killed both workers)")
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, f"worker {i} failed:\n{outputs[i][-5000:]}"
+    from .processes import run_workers  # imported here: this file also runs as the worker script
+
+    run_workers(os.path.abspath(__file__), [str(workdir), str(out_dir)], root=ROOT, timeout_s=240,
+                what="two-process trainer")
 
     a, b = (np.load(out_dir / f"params_{i}.npz") for i in range(2))
     assert not np.array_equal(a["sft_tokens"], b["sft_tokens"])  # hosts draw different SFT rows

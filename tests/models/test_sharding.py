@@ -1,9 +1,6 @@
 """Sharded decoder = unsharded decoder: meshes on 8 fake CPU devices, rule-table placement, HF loads, two processes."""
 
 import os
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -183,33 +180,12 @@ def test_host_local_to_global_single_process():
 # ------------------------------------------------------------------------------------------------ two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_agree_with_single_process(tmp_path, reference):
     params, tokens, full = reference
+    from ..processes import run_workers  # imported here: the worker script imports this module as a top level
+
     worker = os.path.join(os.path.dirname(__file__), "sharding_worker.py")
-    port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=os.pathsep.join([os.getcwd()] + [p for p in sys.path if p]))
-    procs = [subprocess.Popen([sys.executable, worker, f"127.0.0.1:{port}", str(i), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=90)
-            outputs.append(out)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.communicate()
-        pytest.fail("two-process sharded forward timed out (killed both workers)")
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, f"worker {i} failed:\n{outputs[i][-3000:]}"
+    run_workers(worker, [str(tmp_path)], root=os.getcwd(), timeout_s=90, what="two-process sharded forward")
     got = np.load(tmp_path / "logits.npy")
     np.testing.assert_allclose(got, full, atol=1e-5, rtol=0)
     # Each process's devices hold only its own half of the batch (its local rows), together the whole batch.
