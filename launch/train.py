@@ -2,7 +2,7 @@
 
   python launch/train.py --config=configs/smoke.py --workdir=/tmp/searchr2_smoke
   python launch/train.py --config=configs/synthetic.py:variant=search_r1 --workdir=...     # an ablation row
-  python launch/train.py --config=configs/qwen2p5_7b_r2.py --workdir=gs://... --multihost  # a TPU pod
+  python launch/train.py --config=configs/qwen2p5_7b_r2.py --workdir=/mnt/disks/shared/run --multihost  # a TPU pod (a shared local/NFS path; gs:// metrics not yet)
 
 Re-running with the same --workdir resumes from its latest checkpoint.
 """
