@@ -8,7 +8,6 @@ resumes from its latest checkpoint (state, PRNG key and data iterator) and conti
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
@@ -271,11 +270,6 @@ class Trainer:
             ids, m = ids[:L], m[:L]
             tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
         return tokens, valid, mask
-
-    def sft_batches(self, start: int = 0):
-        """Endless SFT batches from step `start` on (`sft_batch(start)`, `sft_batch(start + 1)`, ...)."""
-        for step in itertools.count(start):
-            yield self.sft_batch(step)
 
     def rollout_and_score(self, params, batch, rng, use_refiner: bool | None = None):
         """Rollouts for one group batch, then EM, process reward and the hybrid reward per trajectory."""
