@@ -20,6 +20,7 @@ Every function takes the static `DecoderConfig` first; jit them with `static_arg
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -104,10 +105,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return out.astype(x.dtype)
 
 
-def attention(q, k, v, mask, cfg: DecoderConfig):
-    """q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H*hd]. GQA without repeating k/v.
+def attention(q, blocks, cfg: DecoderConfig):
+    """q [B,T,H,hd]; `blocks`: (k, v [B,K,S,hd], mask [B,T|1,S] bool) triples -> [B,T,H*hd]. GQA without repeating k/v.
 
-    Heads go to the front and a kv head's g query heads are merged with time into one [g*T, hd] operand, so both
+    One softmax spans every block: the cached path passes the cache and the new chunk as two blocks, so the cache is
+    read where it lies and never concatenated with the chunk (a copy of the whole cache per layer and token).
+    Keys are heads-first and a kv head's g query heads are merged with time into one [g*T, hd] operand, so both
     products are plain batched matmuls over (B, K): on CPU this runs 1.6-1.8x faster (forward and backward) than
     contracting 5-D operands with time in the middle.
     """
@@ -115,17 +118,26 @@ def attention(q, k, v, mask, cfg: DecoderConfig):
     kh = cfg.num_kv_heads
     g = h // kh
     q = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
-    k = k.transpose(0, 2, 1, 3)  # [B, K, S, hd]
-    v = v.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-    scores = jnp.where(mask[:, None, None, :, :], scores.reshape(b, kh, g, t, -1), NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kh, g * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)  # [B, K, g*T, hd]
+    scores = []
+    for k, v, mask in blocks:
+        s = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+        scores.append(jnp.where(mask[:, None, None, :, :], s.reshape(b, kh, g, t, -1), NEG_INF))
+    top = functools.reduce(jnp.maximum, [s.max(axis=-1, keepdims=True) for s in scores])
+    probs = [jnp.exp(s - top) for s in scores]
+    denom = sum(p.sum(axis=-1, keepdims=True) for p in probs)
+    out = sum(jnp.einsum("bkqs,bksd->bkqd", (p / denom).astype(v.dtype).reshape(b, kh, g * t, -1), v)
+              for p, (_, v, _) in zip(probs, blocks))  # [B, K, g*T, hd]
     return out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
 
 
+def heads_first(x: jax.Array) -> jax.Array:
+    """[B, S, K, hd] -> [B, K, S, hd]: the layout of the KV cache and of `attention`'s keys and values."""
+    return x.transpose(0, 2, 1, 3)
+
+
 def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
-    """One pre-norm block. `kv_fn(k, v) -> (keys, values, mask)` decides what the queries attend to."""
+    """One pre-norm block. `kv_fn(k, v) -> [(keys, values, mask), ...]` (heads-first, see `attention`) decides what
+    the queries attend to; k and v are this chunk's [B, T, K, hd]."""
     b, t, d = h.shape
     dt = cfg.jnp_dtype
     p = jax.tree.map(lambda w: w.astype(dt), p)
@@ -142,8 +154,7 @@ def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
         k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    keys, values, mask = kv_fn(k, v)
-    h = h + (attention(q, keys, values, mask, cfg).reshape(b * t, -1) @ p["wo"]).reshape(b, t, d)
+    h = h + (attention(q, kv_fn(k, v), cfg).reshape(b * t, -1) @ p["wo"]).reshape(b, t, d)
     x = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, d)
     h = h + ((jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]).reshape(b, t, d)
     return h
@@ -182,7 +193,7 @@ def forward_hidden(
             attn_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
         def body(h, p):
-            return _layer(cfg, inv_freq, h, p, positions, lambda k, v: (k, v, attn_mask)), None
+            return _layer(cfg, inv_freq, h, p, positions, lambda k, v: [(heads_first(k), heads_first(v), attn_mask)]), None
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
@@ -191,26 +202,27 @@ def forward_hidden(
 
     cap = cache.capacity
     widx = kvc.write_indices(cache.lengths, mask, cap)  # [B, T]
-    qidx = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     if positions is None:
-        positions = qidx
-    attn_mask = jnp.arange(cap)[None, None, :] <= qidx[:, :, None]  # [B, T, S]
+        positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    # Queries see the cache's valid prefix and, causally, the chunk's own valid tokens.
+    cache_mask = (jnp.arange(cap)[None, :] < cache.lengths[:, None])[:, None, :]  # [B, 1, S]
+    idx = jnp.arange(t)
+    chunk_mask = (idx[None, :, None] >= idx[None, None, :]) & mask[:, None, :]  # [B, T, T]
 
-    def body(carry, xs):
-        h, ck, cv = carry
-        p, layer = xs
+    def body(h, xs):
+        p, ck, cv = xs  # this layer's cache, read in place: the scan carries no cache
+        new = []
 
         def kv_fn(k, v):
-            nonlocal ck, cv
-            ck = kvc.write_layer(ck, layer, k, widx)
-            cv = kvc.write_layer(cv, layer, v, widx)
-            return ck[layer], cv[layer], attn_mask
+            new.extend((k, v))
+            return [(ck, cv, cache_mask), (heads_first(k), heads_first(v), chunk_mask)]
 
         h = _layer(cfg, inv_freq, h, p, positions, kv_fn)
-        return (h, ck, cv), None
+        return h, tuple(new)
 
-    (h, ck, cv), _ = jax.lax.scan(body, (h, cache.k, cache.v), (params["layers"], jnp.arange(cfg.num_layers)))
-    new_cache = kvc.KVCache(ck, cv, cache.lengths + mask.sum(axis=1).astype(jnp.int32))
+    h, (k_new, v_new) = jax.lax.scan(body, h, (params["layers"], cache.k, cache.v))
+    new_cache = kvc.KVCache(kvc.write(cache.k, k_new, widx), kvc.write(cache.v, v_new, widx),
+                            cache.lengths + mask.sum(axis=1).astype(jnp.int32))
     return rms_norm(h, params["final_norm"], cfg.rms_norm_eps), new_cache
 
 

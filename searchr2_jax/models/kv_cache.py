@@ -18,13 +18,13 @@ from searchr2_jax.models.config import DecoderConfig
 
 
 class KVCache(NamedTuple):
-    k: jax.Array  # [layers, batch, capacity, kv_heads, head_dim]
-    v: jax.Array  # [layers, batch, capacity, kv_heads, head_dim]
+    k: jax.Array  # [layers, batch, kv_heads, capacity, head_dim]: heads-first, as attention reads it
+    v: jax.Array  # [layers, batch, kv_heads, capacity, head_dim]
     lengths: jax.Array  # [batch] int32: valid prefix of each row
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     @property
     def batch_size(self) -> int:
@@ -33,7 +33,7 @@ class KVCache(NamedTuple):
 
 def init_cache(cfg: DecoderConfig, batch_size: int, capacity: int, dtype=None) -> KVCache:
     dtype = dtype or cfg.jnp_dtype
-    shape = (cfg.num_layers, batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch_size,), jnp.int32))
 
 
@@ -44,10 +44,12 @@ def write_indices(lengths: jax.Array, valid: jax.Array, capacity: int) -> jax.Ar
     return jnp.where(valid, idx, capacity)
 
 
-def write_layer(cache_kv: jax.Array, layer: jax.Array, new: jax.Array, idx: jax.Array) -> jax.Array:
-    """Scatters `new` [B, T, kv, hd] of one layer into the full [L, B, S, kv, hd] cache at row-wise indices."""
-    b = jnp.arange(new.shape[0])[:, None]
-    return cache_kv.at[layer, b, idx].set(new.astype(cache_kv.dtype), mode="drop")
+def write(cache_kv: jax.Array, new: jax.Array, idx: jax.Array) -> jax.Array:
+    """Scatters every layer's chunk `new` [L, B, T, K, hd] into the cache [L, B, K, S, hd] at row-wise indices [B, T]
+    in one update (in place when the cache is donated)."""
+    b = jnp.arange(new.shape[1])[:, None]
+    # Advanced indices split by a slice put their dims first: the update is laid out [B, T, L, K, hd].
+    return cache_kv.at[:, b, :, idx].set(new.transpose(1, 2, 0, 3, 4).astype(cache_kv.dtype), mode="drop")
 
 
 def reset_rows(cache: KVCache, rows: jax.Array, new_lengths: jax.Array | None = None) -> KVCache:

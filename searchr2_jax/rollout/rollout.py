@@ -154,7 +154,9 @@ class RolloutEngine:
                 state = self._append(params, state, pending)
                 pending = []
             rng, key = jax.random.split(rng)
-            state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps, key)
+            window = sampler.attention_window(jax.device_get(state.cache.lengths), c.segment_steps, self.capacity)
+            state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps, key,
+                                                  window)
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
             device_s += time.perf_counter() - t0
             m["decode_steps"] += int(steps)

@@ -24,6 +24,7 @@ import numpy as np
 from searchr2_jax.models import decoder
 from searchr2_jax.models import kv_cache as kvc
 from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.rollout.types import bucket
 
 # Row status codes (int32 on device).
 IDLE = 0  # no work in this slot, or waiting for the host (after a stop)
@@ -96,15 +97,20 @@ def sample_token(logits: jax.Array, rng: jax.Array, sp: SamplingParams):
     greedy = sp.temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, sp.temperature)
     logp = jax.nn.log_softmax(scaled.astype(jnp.float32), axis=-1)
-    # top-p: keep the smallest prefix of the sorted distribution whose mass reaches top_p (always >= 1 token).
-    sorted_logp = jnp.sort(logp, axis=-1)[:, ::-1]
-    cum = jnp.cumsum(jnp.exp(sorted_logp), axis=-1)
-    cutoff_idx = jnp.sum(cum < sp.top_p, axis=-1, keepdims=True)
-    cutoff = jnp.take_along_axis(sorted_logp, jnp.minimum(cutoff_idx, logp.shape[-1] - 1), axis=-1)
-    truncated = jnp.where(logp >= cutoff, logp, -jnp.inf)
+    # Sorting the vocabulary costs more than the rest of a CPU decode step, so it runs only when top_p < 1.
+    truncated = jax.lax.cond(sp.top_p < 1.0, _top_p, lambda lp, _: lp, logp, sp.top_p)
     drawn = jax.random.categorical(rng, truncated, axis=-1)
     token = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def _top_p(logp: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Keeps the smallest prefix of the sorted distribution whose mass reaches top_p (always >= 1 token)."""
+    sorted_logp = jnp.sort(logp, axis=-1)[:, ::-1]
+    cum = jnp.cumsum(jnp.exp(sorted_logp), axis=-1)
+    cutoff_idx = jnp.sum(cum < top_p, axis=-1, keepdims=True)
+    cutoff = jnp.take_along_axis(sorted_logp, jnp.minimum(cutoff_idx, logp.shape[-1] - 1), axis=-1)
+    return jnp.where(logp >= cutoff, logp, -jnp.inf)
 
 
 def match_stops(tokens: jax.Array, length: jax.Array, stops: StopTable) -> jax.Array:
@@ -170,17 +176,28 @@ def append_rows(cfg: DecoderConfig, params, state: SlotState, rows, chunk, valid
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=2)
+def attention_window(cache_lengths: np.ndarray, max_steps: int, capacity: int) -> int:
+    """The cache prefix a decode segment needs to read: every row's length plus the segment, bucketed (so a rollout
+    compiles one segment per power of two, at most log2(capacity) of them), at most the capacity."""
+    return min(capacity, bucket(int(np.max(cache_lengths, initial=0)) + max_steps, minimum=128))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 7), donate_argnums=2)
 def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTable, sp: SamplingParams,
-                   max_steps: int, rng: jax.Array):
+                   max_steps: int, rng: jax.Array, window: int | None = None):
     """Up to `max_steps` tokens for every RUNNING row; returns (state, steps taken).
 
     The response buffer length R is the response budget: a row that fills it, or fills its cache, stops with
     STOP_BUDGET. A regenerated row keeps its kept prefix in the buffer, so its total budget is unchanged.
+    `window` (static; see `attention_window`) limits attention to the cache prefix the rows can reach in this
+    segment: decode reads the whole attended cache every step, so attending to empty slots would cost as much.
     """
     B, R = state.tokens.shape
     cap = state.cache.capacity
     rows = jnp.arange(B)
+    whole = state.cache
+    window = cap if window is None else min(window, cap)
+    state = state._replace(cache=whole._replace(k=whole.k[:, :, :, :window], v=whole.v[:, :, :, :window]))
 
     def cond(carry):
         state, step, _ = carry
@@ -207,7 +224,11 @@ def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTabl
         return state, step + 1, rng
 
     state, steps, _ = jax.lax.while_loop(cond, body, (state, jnp.int32(0), rng))
-    return state, steps
+    cache = state.cache
+    if window < cap:  # the segment's writes all fall inside the window: put it back into the full cache
+        cache = kvc.KVCache(jax.lax.dynamic_update_slice(whole.k, cache.k, (0,) * 5),
+                            jax.lax.dynamic_update_slice(whole.v, cache.v, (0,) * 5), cache.lengths)
+    return state._replace(cache=cache), steps
 
 
 @functools.partial(jax.jit, donate_argnums=0)

@@ -81,7 +81,7 @@ def test_rule_table_specs_and_fallbacks():
     assert specs["value_head"] == {"w": P(), "b": P()}
     cache = sh.cache_specs(odd, mesh, batch_size=8, capacity=16)
     assert cache.k == P(None, ("data", "fsdp"))
-    assert sh.cache_specs(CFG, mesh, 8, 16).k == P(None, ("data", "fsdp"), None, "tensor")
+    assert sh.cache_specs(CFG, mesh, 8, 16).k == P(None, ("data", "fsdp"), "tensor")
     # A multi-axis entry keeps its longest dividing prefix: batch 2 goes over data only; batch 3 is replicated.
     assert sh.batch_spec(mesh, (2, 5)) == P(("data",))
     assert sh.batch_spec(mesh, (3, 5)) == P()
