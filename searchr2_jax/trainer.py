@@ -265,7 +265,7 @@ class Trainer:
             if d.flawed_step == 0 and rng.random() >= c.refiner_fraction:
                 segs = d.sft_segments()
             else:
-                segs = d.refiner_segments()
+                segs = d.refiner_segments(prompt=self.config.refiner.prompt)
             ids, m = tokenize_segments(self.tokenizer, segs)
             ids, m = ids[:L], m[:L]
             tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True

@@ -20,8 +20,8 @@ from typing import Sequence
 from searchr2_jax.data.qa import QAExample
 from searchr2_jax.data.synthetic import TEMPLATES, World
 from searchr2_jax.retrieval.types import Passage, Retriever
-from searchr2_jax.text.protocol import (Segment, Step, build_prompt, build_refiner_prompt, refiner_candidates,
-                                        render_information, segment_trajectory)
+from searchr2_jax.text.protocol import (Segment, Step, build_prompt, build_refiner_followup, build_refiner_prompt,
+                                        refiner_candidates, render_information, segment_trajectory)
 
 FLAWS = ("lookalike", "premature", "repeat")
 _REL_PHRASE = {"birth_city": "birthplace", "employer": "employer", "university": "university",
@@ -47,12 +47,19 @@ class Demo:
         """Prompt (loss off) followed by the response segments."""
         return [Segment(self.prompt, False), *self.response]
 
-    def refiner_segments(self, max_steps: int | None = None, chat: bool = False, tokenizer=None) -> list[Segment]:
-        """The Table 12 refiner prompt (loss off) and the label " j" (loss on): j = first flawed step, 0 = sound."""
+    def refiner_segments(self, max_steps: int | None = None, chat: bool = False, tokenizer=None,
+                         prompt: str = "table12") -> list[Segment]:
+        """A refiner example (loss off) and its label j (loss on): j = first flawed step, 0 = sound. `prompt` is the
+        refiner prompt format (`refiner.prompt`): the Table 12 layout, or the follow-up after the demo itself."""
         steps = self.steps
         max_steps = len(steps) if max_steps is None else max_steps
-        prompt = build_refiner_prompt(self.example.question, steps, max_steps, tokenizer=tokenizer, chat=chat)
-        return [Segment(prompt, False), Segment(refiner_candidates(max_steps, chat)[self.flawed_step], True)]
+        label = Segment(refiner_candidates(max_steps, chat)[self.flawed_step], True)
+        if prompt == "followup":
+            followup = build_refiner_followup(max_steps, tokenizer=tokenizer, chat=chat)
+            return [Segment(self.prompt, False), *(Segment(s.text, False) for s in self.response),
+                    Segment(followup, False), label]
+        prompt_text = build_refiner_prompt(self.example.question, steps, max_steps, tokenizer=tokenizer, chat=chat)
+        return [Segment(prompt_text, False), label]
 
 
 class DemoWriter:

@@ -1,7 +1,14 @@
 """The Meta-Refiner (paper Algorithm 1, §2.3–2.4): judge a finished trajectory, and say where to cut it.
 
-One prompt (paper Table 12) serves as discriminator and trimmer: the model scores the completions "0".."T" after the
-refiner prompt, teacher-forced, in one batched jitted pass. With j* = argmax_{j>=1} log p(j), the trajectory is
+One prompt serves as discriminator and trimmer: the model scores the completions "0".."T" after the refiner prompt,
+teacher-forced, in one batched jitted pass. The prompt (`refiner.prompt`) is either
+
+  followup  Table 12's instruction appended to the Actor's own conversation (the default). With shared weights the
+            rollout scores it in the trajectory's slot: only the ~80 follow-up tokens are encoded, the trajectory is
+            read from the Actor's KV cache (rollout.py);
+  table12   the paper's standalone layout (ASSISTANT_STEP_k / TOOL lines), re-encoding the whole trajectory: faithful
+            to the letter, and on a CPU about as costly as the rollout itself.
+ With j* = argmax_{j>=1} log p(j), the trajectory is
 revised at step j* iff log p(j*) - log p(0) >= margin (default 0); otherwise it is accepted (choice 0).
 The cut keeps assistant turns 1..j*-1 with their tool outputs; the Actor regenerates the rest (see rollout.py).
 
@@ -31,6 +38,7 @@ def default_refiner_config() -> ml_collections.ConfigDict:
         enabled=True,
         max_revisions=1,  # N_max, 0..4
         margin=0.0,  # revise iff log p(j*) - log p(0) >= margin
+        prompt="followup",  # "followup" (Table 12's instruction after the Actor's conversation) | "table12"
         chat=False,  # refiner prompt as a chat user message (instruct models)
         max_prompt_tokens=4096,  # longer refiner prompts keep the most recent tokens of the trajectory text
         # Benchmarks only: revise this fraction of trajectories at a uniformly drawn step, whatever the scores say
@@ -88,19 +96,42 @@ class MetaRefiner:
         self.config = config or default_refiner_config()
         self.max_turns = max_turns
         self.last_score_s = 0.0  # device time of the latest scoring pass (for the rollout's host_fraction)
+        if self.config.prompt not in ("followup", "table12"):
+            raise ValueError(f"refiner.prompt={self.config.prompt!r}: expected 'followup' or 'table12'")
         cands = protocol.refiner_candidates(max_turns, chat=self.config.chat)
         self.candidate_ids = [self._encode(c) for c in cands]
         self.max_candidate_len = max(len(c) for c in self.candidate_ids)
+        self._followups = {}
+
+    @property
+    def followup(self) -> bool:
+        return self.config.prompt == "followup"
+
+    def followup_ids(self, num_steps: int) -> list[int]:
+        """The follow-up prompt's tokens for a trajectory of `num_steps` turns (appended after its response)."""
+        if num_steps not in self._followups:
+            text = protocol.build_refiner_followup(num_steps, tokenizer=self.tokenizer, chat=self.config.chat)
+            self._followups[num_steps] = self._encode(text)
+        return self._followups[num_steps]
+
+    @property
+    def max_followup_len(self) -> int:
+        """Cache room the follow-up needs after a response (0 for table12 prompts)."""
+        return max(len(self.followup_ids(t)) for t in range(1, self.max_turns + 1)) if self.followup else 0
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def prompt_ids(self, question: str, steps: list[protocol.Step]) -> list[int]:
-        text = protocol.build_refiner_prompt(question, steps, max_steps=len(steps), tokenizer=self.tokenizer,
-                                             chat=self.config.chat)
-        ids = self._encode(text)
+    def prompt_ids(self, traj: Trajectory, step_texts: list[tuple[str, str]]) -> list[int]:
+        """The refiner prompt of a finished trajectory (`step_texts`: (assistant, tool) text per turn)."""
+        if self.followup:
+            ids = list(traj.job.prompt_ids) + list(map(int, traj.response_ids)) + self.followup_ids(len(step_texts))
+        else:
+            text = protocol.build_refiner_prompt(traj.job.question, steps_of(step_texts), max_steps=len(step_texts),
+                                                 tokenizer=self.tokenizer, chat=self.config.chat)
+            ids = self._encode(text)
         limit = self.config.max_prompt_tokens - self.max_candidate_len
-        if len(ids) > limit:  # keep the instruction head and the end (latest steps and the question footer)
+        if len(ids) > limit and not self.followup:  # a follow-up always fits: it is scored in the Actor's cache  # keep the instruction head and the end (latest steps and the question footer)
             head = limit // 4
             ids = ids[:head] + ids[len(ids) - (limit - head):]
         return ids
@@ -137,11 +168,16 @@ class MetaRefiner:
     def judge(self, params, trajectories: list[Trajectory], step_texts: list[list[tuple[str, str]]],
               rng: np.random.Generator) -> list[Decision]:
         """Decisions for finished trajectories (`step_texts`: per trajectory, (assistant, tool) text per turn)."""
-        prompts = [self.prompt_ids(t.job.question, steps_of(s)) for t, s in zip(trajectories, step_texts)]
+        prompts = [self.prompt_ids(t, s) for t, s in zip(trajectories, step_texts)]
         num_steps = [len(s) for s in step_texts]
         t0 = time.perf_counter()
         scores = self.score(params, prompts, num_steps)
         self.last_score_s = time.perf_counter() - t0
+        return self.decisions(prompts, num_steps, scores, rng)
+
+    def decisions(self, prompts: list[list[int]], num_steps: list[int], scores: np.ndarray,
+                  rng: np.random.Generator) -> list[Decision]:
+        """The decision rule (or the benchmark's forced revisions) on candidate scores [n, max_turns+1]."""
         out = []
         for i, (p, t) in enumerate(zip(prompts, num_steps)):
             forced = self.config.force_revise_rate >= 0

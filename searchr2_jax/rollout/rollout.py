@@ -9,8 +9,10 @@ any other prompt-in/text-out use (the LLM judge). The loop, host side, in plain 
         for slots that stopped: parse the turn;
             </search> -> query;  </answer> -> finished;  anything else -> invalid-action message
         one retrieval call for all queries -> <information> blocks, appended to each slot's cache as a chunk
-        finished slots -> Meta-Refiner (batched): accept -> record, free the slot; revise at step j ->
-            cut the slot back to the end of turn j-1 in place (no re-prefill) and let the Actor continue
+        finished slots -> Meta-Refiner (batched): its follow-up prompt is appended to each slot's cache and the
+            candidates are read from the next-token logits (the trajectory itself is never re-encoded);
+            accept -> record, free the slot; revise at step j -> cut the slot back to the end of turn j-1
+            in place (no re-prefill) and let the Actor continue
         free slots take the next jobs (continuous batching)
 
 Faults never stop the batch: a retrieval call that raises or times out marks only its rows (status
@@ -113,7 +115,9 @@ class RolloutEngine:
         seqs = [(list(ids), kinds.get(s, KIND_EOS)) for s, variants in all_stop_sequences(tokenizer).items()
                 for ids in variants]
         self.stops = sampler.make_stop_table(seqs)
-        self.capacity = self.config.max_prompt_tokens + self.config.max_response_tokens
+        # Room for the refiner's follow-up prompt after a full response, when it is scored in the slot.
+        followup = refiner.max_followup_len if refiner is not None else 0
+        self.capacity = self.config.max_prompt_tokens + self.config.max_response_tokens + followup
 
     # ---------------------------------------------------------------------------------------------- public
 
@@ -173,8 +177,8 @@ class RolloutEngine:
             self._retrieve(slots, searches, finished, pending, m)
             pending = self._fit_observations(slots, pending, length, finished)
             if finished:
-                done, revise = self._refine(params if refiner_params is None else refiner_params, refiner,
-                                            slots, finished, host, length, host_rng, m)
+                state, done, revise = self._refine(params, refiner_params, refiner, state, slots, finished, host,
+                                                   length, host_rng, m)
                 if revise:
                     state = self._truncate(state, revise)
                     pending += [(b, ids, False, False, gen) for b, _, _, (ids, gen) in revise]
@@ -209,20 +213,21 @@ class RolloutEngine:
                 items.append((b, list(jobs[i].prompt_ids), True, True, False))
         return items
 
-    def _append(self, params, state, items):
-        """One bucketed `append_rows` call for (slot, ids, reset_cache, clear_response, generated) items."""
+    def _append(self, params, state, items, run: bool = True):
+        """One bucketed `append_rows` call for (slot, ids, reset_cache, clear_response, generated) items; the slots
+        then run (decode on) or, with `run=False`, stay idle (their next-token logits are only read)."""
         n = T.bucket(len(items), minimum=1)
         C = T.bucket(max(len(ids) for _, ids, *_ in items), minimum=1)
         B = self.config.slots
         rows = np.full((n,), B, np.int32)  # pads point past the slots and are dropped
         chunk = np.zeros((n, C), np.int32)
         valid = np.zeros((n, C), bool)
-        flags = np.zeros((3, n), bool)
+        flags = np.zeros((4, n), bool)
         for r, (b, ids, reset, clear, gen) in enumerate(items):
             rows[r] = b
             chunk[r, :len(ids)] = ids
             valid[r, :len(ids)] = True
-            flags[:, r] = (reset, clear, gen)
+            flags[:, r] = (reset, clear, gen, run)
         return sampler.append_rows(self.cfg, params, state, rows, chunk, valid, *flags)
 
     def _truncate(self, state, revise):
@@ -310,8 +315,11 @@ class RolloutEngine:
             out.append((b, ids, reset, clear, gen))
         return out
 
-    def _refine(self, params, refiner, slots, finished, host, length, rng, m):
-        """Finished slots: record them, or (Meta-Refiner) cut them back for the Actor to regenerate in place."""
+    def _refine(self, params, refiner_params, refiner, state, slots, finished, host, length, rng, m):
+        """Finished slots: record them, or (Meta-Refiner) cut them back for the Actor to regenerate in place.
+
+        A follow-up prompt under the Actor's own parameters is scored in the slots (`_score_in_slots`); a table12
+        prompt, or a refiner with parameters of its own, is scored by `MetaRefiner.judge` in one batched pass."""
         tokens, logprobs, loss_mask = host
         judged = {}
         if refiner is not None:
@@ -323,9 +331,18 @@ class RolloutEngine:
                                             ans) for b, st, ans in cands]
                 texts = [turn_texts(self.tokenizer, t.response_ids, t.turns) for t in partial]
                 t0 = time.perf_counter()
-                decisions = refiner.judge(params, partial, texts, rng)
-                m["refiner_score_s"] += refiner.last_score_s
-                m["refiner_host_s"] += time.perf_counter() - t0 - refiner.last_score_s
+                if refiner.followup and refiner_params is None and refiner.max_candidate_len == 1:
+                    num_steps = [len(t) for t in texts]
+                    state, scores = self._score_in_slots(params, state, refiner, [b for b, _, _ in cands], num_steps)
+                    score_s = time.perf_counter() - t0
+                    decisions = refiner.decisions([refiner.prompt_ids(t, s) for t, s in zip(partial, texts)],
+                                                  num_steps, scores, rng)
+                else:
+                    decisions = refiner.judge(params if refiner_params is None else refiner_params, partial, texts,
+                                              rng)
+                    score_s = refiner.last_score_s
+                m["refiner_score_s"] += score_s
+                m["refiner_host_s"] += time.perf_counter() - t0 - score_s
                 for (b, _, _), d in zip(cands, decisions):
                     judged[b] = d
                 m["refiner_calls"] += 1
@@ -354,7 +371,22 @@ class RolloutEngine:
                                     status, answer)
             traj.meta_actions, traj.cut_steps, traj.kept_tokens = s.meta_actions, s.cut_steps, s.kept_tokens
             done.append((b, traj))
-        return done, revise
+        return state, done, revise
+
+    def _score_in_slots(self, params, state, refiner, rows, num_steps):
+        """Appends the refiner's follow-up to finished slots (cache only, slots left idle) and reads the candidates'
+        log-probs [n, max_turns+1] from their next-token logits: the trajectory is read from the cache, not re-encoded."""
+        state = self._append(params, state, [(b, refiner.followup_ids(t), False, False, False)
+                                             for b, t in zip(rows, num_steps)], run=False)
+        n = T.bucket(len(rows), minimum=1)
+        padded = np.zeros((n,), np.int32)
+        padded[:len(rows)] = rows
+        cands = np.asarray([c[0] for c in refiner.candidate_ids], np.int32)
+        lp = np.asarray(jax.device_get(sampler.next_token_logprobs(state, padded, cands)))[:len(rows)]
+        scores = np.full(lp.shape, -np.inf, np.float32)
+        for i, t in enumerate(num_steps):
+            scores[i, :t + 1] = lp[i, :t + 1]
+        return state, scores
 
     def _reprefill(self, params, state, slots, pending):
         """Baseline only: observation rows rebuild their whole cache from prompt + response instead of appending."""

@@ -129,8 +129,9 @@ def match_stops(tokens: jax.Array, length: jax.Array, stops: StopTable) -> jax.A
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def append_rows(cfg: DecoderConfig, params, state: SlotState, rows, chunk, valid, reset_cache, clear_response,
-                generated):
-    """Appends a chunk to a few slots and refreshes their next-token logits; the slots become RUNNING.
+                generated, run):
+    """Appends a chunk to a few slots and refreshes their next-token logits; the slots become RUNNING (`run`) or
+    IDLE (a prompt only scored from the logits, such as the Meta-Refiner's follow-up).
 
     rows [n] slot ids (an id >= B pads the bucket and is dropped); chunk/valid [n, C] right-padded. Per row:
     `reset_cache` empties the cache first (a new job), `clear_response` empties the response buffer, and
@@ -171,7 +172,7 @@ def append_rows(cfg: DecoderConfig, params, state: SlotState, rows, chunk, valid
         logprobs=put(state.logprobs, logprobs),
         loss_mask=put(state.loss_mask, loss_mask),
         length=put(state.length, length),
-        status=put(state.status, jnp.full(rows.shape, RUNNING, jnp.int32)),
+        status=put(state.status, jnp.where(run, RUNNING, IDLE).astype(jnp.int32)),
         stop_kind=put(state.stop_kind, jnp.full(rows.shape, -1, jnp.int32)),
     )
 
@@ -229,6 +230,12 @@ def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTabl
         cache = kvc.KVCache(jax.lax.dynamic_update_slice(whole.k, cache.k, (0,) * 5),
                             jax.lax.dynamic_update_slice(whole.v, cache.v, (0,) * 5), cache.lengths)
     return state._replace(cache=cache), steps
+
+
+@jax.jit
+def next_token_logprobs(state: SlotState, rows, candidates):
+    """log p(candidate) [n, C] under the next-token logits of slots `rows` [n], untempered (the refiner's scores)."""
+    return jax.nn.log_softmax(state.next_logits[rows], axis=-1)[:, candidates]
 
 
 @functools.partial(jax.jit, donate_argnums=0)

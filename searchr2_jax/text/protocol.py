@@ -246,6 +246,39 @@ def build_refiner_prompt(
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
 
+REFINER_FOLLOWUP_STEPS = ("ASSISTANT_STEP_1 .. ASSISTANT_STEP_{max_steps} are your turns above, in order; the "
+                          "information block after a turn is its TOOL output.")
+
+
+def build_refiner_followup(max_steps: int, tokenizer=None, chat: bool = False) -> str:
+    """The Meta-Refiner prompt as a follow-up to the Actor's own conversation (`refiner.prompt="followup"`).
+
+    Table 12's instruction and question line are asked about the assistant turns already in the conversation, so the
+    text is appended to the trajectory and the refiner reads it from the Actor's KV cache instead of re-encoding it
+    (on a CPU that re-encoding costs about as much as the rollout itself). Without chat the text follows a blank
+    line and ends with the colon; with `chat=True` it closes the assistant message and opens a user turn, and the
+    candidates are as for `build_refiner_prompt`.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    text = "\n".join([REFINER_HEADER.format(max_steps=max_steps), REFINER_FOLLOWUP_STEPS.format(max_steps=max_steps),
+                      REFINER_FOOTER])
+    if not chat:
+        return "\n\n" + text
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("build_refiner_followup(chat=True) needs a tokenizer with a chat_template")
+    # The template's text between an assistant message and the end of a following user turn (it may add a default
+    # system prompt only at the start, which the difference leaves out).
+    head = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    before = tokenizer.apply_chat_template(head, tokenize=False)
+    after = tokenizer.apply_chat_template(head + [{"role": "user", "content": text}], tokenize=False,
+                                          add_generation_prompt=True)
+    if not after.startswith(before.rstrip()):
+        raise ValueError("the chat template does not extend a conversation by appending; use refiner.prompt=table12")
+    cut = before.rindex("A") + 1  # right after the assistant's content: the closing tokens belong to the suffix
+    return after[cut:]
+
+
 def refiner_candidates(max_steps: int, chat: bool = False) -> list[str]:
     """Completion strings scored by the refiner, index j = "earliest flawed step is j" (0 = accept)."""
     return [("" if chat else " ") + str(j) for j in range(max_steps + 1)]

@@ -33,8 +33,9 @@ class FakeRetriever:
                 for q in queries]
 
 
-def engine(slots=4, retriever=None, refiner_choice=None, refiner=False, max_revisions=1, script=None, **overrides):
-    cfg, params = scripted.machine(TOK, script=script, refiner_choice=refiner_choice)
+def engine(slots=4, retriever=None, refiner_choice=None, refiner=False, max_revisions=1, script=None,
+           prompt="followup", noise=0.0, **overrides):
+    cfg, params = scripted.machine(TOK, script=script, refiner_choice=refiner_choice, noise=noise)
     config = rollout_lib.default_rollout_config()
     config.update(dict(slots=slots, max_prompt_tokens=16, max_response_tokens=96, max_obs_tokens=32, topk=2,
                        segment_steps=8, retrieval_timeout_s=1.0))
@@ -43,6 +44,7 @@ def engine(slots=4, retriever=None, refiner_choice=None, refiner=False, max_revi
     if refiner:
         rc = refiner_lib.default_refiner_config()
         rc.max_revisions = max_revisions
+        rc.prompt = prompt
         ref = refiner_lib.MetaRefiner(cfg, TOK, rc, max_turns=config.max_turns)
     return rollout_lib.RolloutEngine(cfg, TOK, retriever or FakeRetriever(), config, ref), params
 
@@ -131,9 +133,10 @@ def test_more_jobs_than_slots_all_finish_in_order():
                                                     T.ANSWERED]
 
 
-def test_refiner_cut_keeps_turns_before_the_flagged_step():
+@pytest.mark.parametrize("prompt", ["followup", "table12"])
+def test_refiner_cut_keeps_turns_before_the_flagged_step(prompt):
     # The refiner prompt ends with "issue):", which the script follows with "2": cut at step 2.
-    eng, params = engine(refiner=True, refiner_choice="2")
+    eng, params = engine(refiner=True, refiner_choice="2", prompt=prompt)
     base_eng, _ = engine()
     (base,) = base_eng.run(params, jobs("go"), jax.random.key(0)).trajectories
     (t,) = eng.run(params, jobs("go"), jax.random.key(0)).trajectories
@@ -149,17 +152,19 @@ def test_refiner_cut_keeps_turns_before_the_flagged_step():
     assert t.turns[0].passages == base.turns[0].passages  # information of kept turns is kept, not re-fetched
 
 
-def test_refiner_cut_at_step_one_regenerates_from_the_prompt():
+@pytest.mark.parametrize("prompt", ["followup", "table12"])
+def test_refiner_cut_at_step_one_regenerates_from_the_prompt(prompt):
     ret = FakeRetriever()
-    eng, params = engine(retriever=ret, refiner=True, refiner_choice="1")
+    eng, params = engine(retriever=ret, refiner=True, refiner_choice="1", prompt=prompt)
     (t,) = eng.run(params, jobs("go"), jax.random.key(0)).trajectories
     assert t.cut_steps == [1] and t.kept_tokens == [0]
     assert [turn.action for turn in t.turns] == ["search", "answer"]
     assert len(ret.calls) == 2  # the regenerated first turn searches again
 
 
-def test_refiner_that_accepts_equals_actor_only_and_n_max_bounds_revisions():
-    eng0, params = engine(refiner=True, refiner_choice="0")
+@pytest.mark.parametrize("prompt", ["followup", "table12"])
+def test_refiner_that_accepts_equals_actor_only_and_n_max_bounds_revisions(prompt):
+    eng0, params = engine(refiner=True, refiner_choice="0", prompt=prompt)
     base_eng, _ = engine()
     key = jax.random.key(7)
     a = eng0.run(params, jobs("go", "bad", "loop"), key).trajectories
@@ -169,9 +174,26 @@ def test_refiner_that_accepts_equals_actor_only_and_n_max_bounds_revisions():
         np.testing.assert_array_equal(x.logprobs, y.logprobs)
         assert x.status == y.status and x.cut_steps == [] and x.meta_actions[0].choice == 0
     for n_max in (0, 1, 3):
-        eng, params = engine(refiner=True, refiner_choice="1", max_revisions=n_max)
+        eng, params = engine(refiner=True, refiner_choice="1", max_revisions=n_max, prompt=prompt)
         (t,) = eng.run(params, jobs("go"), key).trajectories
         assert len(t.cut_steps) == n_max and len(t.meta_actions) == n_max
+
+
+def test_followup_scored_in_the_slot_equals_a_full_pass_over_the_recorded_prompt():
+    # Layer noise puts attention over the cached trajectory into play: reading the follow-up's logits from the slot
+    # must give the scores a fresh forward over (prompt + response + follow-up) gives, as the trainer recomputes.
+    eng, params = engine(refiner=True, refiner_choice="2", noise=0.1)
+    out = eng.run(params, jobs("go", "go go", "bad"), jax.random.key(3))
+    metas = [m for t in out.trajectories for m in t.meta_actions]
+    assert metas
+    for t in out.trajectories:
+        for m in t.meta_actions:
+            assert m.prompt_ids[:len(t.job.prompt_ids)] == list(t.job.prompt_ids)
+            assert m.prompt_ids[-len(eng.refiner.followup_ids(len(m.scores) - 1)):] == \
+                eng.refiner.followup_ids(len(m.scores) - 1)
+    full = eng.refiner.score(params, [m.prompt_ids for m in metas], [len(m.scores) - 1 for m in metas])
+    for m, row in zip(metas, full):
+        np.testing.assert_allclose(m.scores, row[:len(m.scores)], rtol=1e-4, atol=1e-4)
 
 
 def test_decision_rule():
@@ -194,7 +216,7 @@ def test_forced_revision_rate_for_benchmarks():
 
 def test_no_recompilation_after_warmup():
     eng, params = engine(refiner=True, refiner_choice="2")
-    fns = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, refiner_lib._next_token_logprobs]
+    fns = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs]
     batches = [("go", "bad", "loop", "go go"), ("go go go", "go", "bad bad", "go"), ("go", "go", "go", "bad")]
     for b in batches:  # warm-up: every bucket these shapes reach
         eng.run(params, jobs(*b), jax.random.key(0))

@@ -32,7 +32,7 @@ def _start(prompts, R=16, cap=48):
         chunk[i, :len(p)], valid[i, :len(p)] = p, True
     n = len(prompts)
     t, f = np.ones(n, bool), np.zeros(n, bool)
-    return sampler.append_rows(CFG, PARAMS, state, np.arange(n, dtype=np.int32), chunk, valid, t, t, f)
+    return sampler.append_rows(CFG, PARAMS, state, np.arange(n, dtype=np.int32), chunk, valid, t, t, f, t)
 
 
 def test_greedy_equals_stepwise_argmax_of_full_forwards():
@@ -59,7 +59,7 @@ def test_observation_chunk_then_decoding_equals_full_forward():
     for i, o in enumerate(obs):
         chunk[i, :len(o)], valid[i, :len(o)] = o, True
     f, t = np.zeros(2, bool), np.ones(2, bool)
-    state = sampler.append_rows(CFG, PARAMS, state, np.arange(2, dtype=np.int32), chunk, valid, f, f, t)
+    state = sampler.append_rows(CFG, PARAMS, state, np.arange(2, dtype=np.int32), chunk, valid, f, f, t, t)
     state, _ = sampler.decode_segment(CFG, PARAMS, state, NEVER, GREEDY, 4, jax.random.key(0))
     for b, p in enumerate(prompts):
         first = _argmax_continuation(p, 3)[len(p):]
