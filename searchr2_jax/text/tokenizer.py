@@ -88,6 +88,19 @@ def stop_id_sequences(
     return sorted(found, key=lambda s: (len(s), s))
 
 
+def _with_merged_tails(tokenizer, sequences: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Adds the variants whose last token runs past the stop string: a model that writes `</answer></think>` may
+    emit `answer` + `></`, and the stop must fire on that token, not after it (SmolLM2 does this). Each variant's last
+    token is replaced by every vocabulary token whose text starts with that token's text."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    out = list(sequences)
+    for seq in sequences:
+        last = texts[seq[-1]]
+        out += [seq[:-1] + (i,) for i, t in enumerate(texts) if len(t) > len(last) and t.startswith(last)]
+    return sorted(set(out), key=lambda s: (len(s), s))
+
+
 def eos_token_ids(tokenizer) -> list[int]:
     """EOS and chat end-of-turn ids that exist in this tokenizer (`<|im_end|>`, `<|endoftext|>`, eos_token)."""
     ids = []
@@ -104,7 +117,7 @@ def all_stop_sequences(
     tokenizer, stop_strings: Sequence[str] = STOP_STRINGS, include_eos: bool = True
 ) -> dict[str, list[tuple[int, ...]]]:
     """Stop string -> its id sequences; with `include_eos`, each EOS/end-of-turn token as a one-id sequence."""
-    out = {s: stop_id_sequences(tokenizer, s) for s in stop_strings}
+    out = {s: _with_merged_tails(tokenizer, stop_id_sequences(tokenizer, s)) for s in stop_strings}
     if include_eos:
         for tid in eos_token_ids(tokenizer):
             out[tokenizer.convert_ids_to_tokens(tid)] = [(tid,)]

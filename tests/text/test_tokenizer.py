@@ -38,6 +38,20 @@ def test_multi_token_stops_cover_every_context(plain_bpe):
         assert _ends_with_any(ids, seqs), ctx
 
 
+def test_stop_fires_on_a_token_that_runs_past_the_stop():
+    # SmolLM2 writes "</answer></think>" as ... "answer" + "></": the stop must fire on "></", not at a later stop.
+    from searchr2_jax.models.gguf_import import ensure_smollm2
+
+    tok = T.load_tokenizer(ensure_smollm2())
+    stops = T.all_stop_sequences(tok)["</answer>"]
+    ids = tok.encode("<answer> Nythfux </answer></think>", add_special_tokens=False)
+    k = next(k for k in range(1, len(ids) + 1) if "</answer>" in tok.decode(ids[:k]))
+    assert tok.decode(ids[k - 1:k]) == "></"  # the case this test is about
+    assert _ends_with_any(ids[:k], stops)
+    for s in stops:  # every variant contains the stop, completed by its last token
+        assert "</answer>" in tok.decode(list(s)) and "</answer>" not in tok.decode(list(s[:-1]))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="<>"), max_size=20))
 def test_stop_sequences_match_after_arbitrary_text(plain_bpe_cached, ctx):
