@@ -122,10 +122,14 @@ def attention(q, blocks, cfg: DecoderConfig):
     for k, v, mask in blocks:
         s = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
         scores.append(jnp.where(mask[:, None, None, :, :], s.reshape(b, kh, g, t, -1), NEG_INF))
-    top = functools.reduce(jnp.maximum, [s.max(axis=-1, keepdims=True) for s in scores])
-    probs = [jnp.exp(s - top) for s in scores]
-    denom = sum(p.sum(axis=-1, keepdims=True) for p in probs)
-    out = sum(jnp.einsum("bkqs,bksd->bkqd", (p / denom).astype(v.dtype).reshape(b, kh, g * t, -1), v)
+    if len(scores) == 1:  # training and full passes: XLA:CPU differentiates its own softmax faster (train MFU 0.56 vs 0.52)
+        probs = [jax.nn.softmax(scores[0], axis=-1)]
+    else:
+        top = functools.reduce(jnp.maximum, [s.max(axis=-1, keepdims=True) for s in scores])
+        probs = [jnp.exp(s - top) for s in scores]
+        denom = sum(p.sum(axis=-1, keepdims=True) for p in probs)
+        probs = [p / denom for p in probs]
+    out = sum(jnp.einsum("bkqs,bksd->bkqd", p.astype(v.dtype).reshape(b, kh, g * t, -1), v)
               for p, (_, v, _) in zip(probs, blocks))  # [B, K, g*T, hd]
     return out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
 
