@@ -56,11 +56,11 @@ SFT_STEPS = 20
 def protocol_smollm2(steps: int = SFT_STEPS) -> str:
     """SmolLM2-135M-Instruct after `steps` supervised steps on the default world's demonstrations (the Trainer's SFT
     phase, as `configs/smollm2_135m.py` with `sft.steps` would run it), saved as an HF folder once and reused."""
-    from searchr2_jax.models.gguf_import import _lock, ensure_smollm2
+    from searchr2_jax.models.gguf_import import ensure_smollm2, file_lock
 
     base = ensure_smollm2()
     path = f"{base}-protocol-sft{steps}"
-    with _lock(path + ".lock"):
+    with file_lock(path + ".lock"):
         if os.path.exists(os.path.join(path, "model.safetensors")):
             return path
         from configs.smollm2_135m import get_config

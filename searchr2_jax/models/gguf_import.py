@@ -412,7 +412,7 @@ def default_cache_dir() -> str:
 
 
 @contextlib.contextmanager
-def _lock(path: str):
+def file_lock(path: str):
     """An exclusive file lock, so concurrent processes (tests, hosts sharing a disk) convert only once."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
@@ -436,7 +436,7 @@ def ensure_smollm2(cache_dir: str | None = None) -> str:
     """
     gguf_path = smollm2_gguf_path()
     path = os.path.abspath(cache_dir or default_cache_dir())
-    with _lock(path + ".lock"):
+    with file_lock(path + ".lock"):
         try:
             validate_folder(path, gguf_path)
             return path
