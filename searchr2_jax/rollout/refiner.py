@@ -8,8 +8,9 @@ teacher-forced, in one batched jitted pass. The prompt (`refiner.prompt`) is eit
             read from the Actor's KV cache (rollout.py);
   table12   the paper's standalone layout (ASSISTANT_STEP_k / TOOL lines), re-encoding the whole trajectory: faithful
             to the letter, and on a CPU about as costly as the rollout itself.
- With j* = argmax_{j>=1} log p(j), the trajectory is
-revised at step j* iff log p(j*) - log p(0) >= margin (default 0); otherwise it is accepted (choice 0).
+
+With j* = argmax_{j>=1} log p(j), the trajectory is revised at step j* iff log p(j*) - log p(0) >= margin
+(default 0); otherwise it is accepted (choice 0).
 The cut keeps assistant turns 1..j*-1 with their tool outputs; the Actor regenerates the rest (see rollout.py).
 
 The refiner uses the Actor's parameters unless it is given its own (`params`/`cfg` of another checkpoint).
@@ -131,7 +132,9 @@ class MetaRefiner:
                                                  tokenizer=self.tokenizer, chat=self.config.chat)
             ids = self._encode(text)
         limit = self.config.max_prompt_tokens - self.max_candidate_len
-        if len(ids) > limit and not self.followup:  # a follow-up always fits: it is scored in the Actor's cache  # keep the instruction head and the end (latest steps and the question footer)
+        # Keep the instruction head and the end (latest steps and the question footer). A follow-up is never cut:
+        # it is scored in the Actor's cache, which always has room for it.
+        if len(ids) > limit and not self.followup:
             head = limit // 4
             ids = ids[:head] + ids[len(ids) - (limit - head):]
         return ids
