@@ -1,12 +1,17 @@
 """Rollout benchmark: the SmolLM2-135M-Instruct model after a short warm start on the synthetic world's
-demonstrations (so it follows the protocol: it searches, reads and answers), batch 32, up to 4 turns, top-3 passages
-(BM25), sampling at temperature 1 as in training.
+demonstrations (so it follows the protocol: it searches, reads and answers), batch 32 (slots), up to 4 turns, top-3
+passages (BM25), sampling at temperature 1 as in training.
+
+The engine gets `JOBS_PER_SLOT` x 32 prompts, as a training step does (the paper's: 512 prompts x 5 samples on 256
+slots): a slot that frees up takes the next prompt or a refiner regeneration (continuous batching). With exactly one
+prompt per slot, every regeneration would run in the batch's tail.
 
 The untrained model never searches (0 searches per trajectory): every row would run to the budget in one turn, and
 chunk appends, the refiner's cuts and continuous batching would have nothing to do. The warm start (`protocol_smollm2`,
 20 SFT steps, about 7 minutes on 2 CPU cores) is cached next to the converted model.
 
-Figures (all from one process, each configuration timed on its second run so compilation is excluded):
+Figures (all from one process, each configuration timed on its second run so compilation is excluded;
+`timed_run_compiles` counts the programs compiled during the timed runs all the same):
   rollout_tokens_per_s         generated tokens per wall second (chunk appends, refiner off)
   rollout_speedup_vs_reprefill wall(re-prefill the conversation at every observation) / wall(chunk appends)
   host_fraction                share of wall time outside device calls (parsing, retrieval, bookkeeping)
@@ -31,6 +36,7 @@ from searchr2_jax.eval.evaluate import make_jobs
 from searchr2_jax.models import hf_io
 from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
 from searchr2_jax.rollout.refiner import MetaRefiner, default_refiner_config
+from searchr2_jax.rollout import sampler
 from searchr2_jax.rollout.rollout import RolloutEngine, default_rollout_config
 from searchr2_jax.text import protocol
 from searchr2_jax.text.tokenizer import load_tokenizer
@@ -51,6 +57,7 @@ def tokens_after_stop(tokenizer, trajectories) -> int:
 
 
 SFT_STEPS = 20
+JOBS_PER_SLOT = 2
 
 
 def protocol_smollm2(steps: int = SFT_STEPS) -> str:
@@ -98,9 +105,11 @@ def run(quick: bool = False) -> dict:
     config = default_rollout_config()
     config.update(dict(slots=8 if quick else 32, max_turns=4, topk=3, max_prompt_tokens=256,
                        max_response_tokens=128 if quick else 1024, segment_steps=32, temperature=1.0))
-    n = config.slots
+    n = JOBS_PER_SLOT * config.slots
     jobs = make_jobs(world.splits["dev"][:n], tokenizer, chat=True)
     key = jax.random.key(0)
+    jitted = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs]
+    compiles = [0]
 
     def engine(prompt):
         ref_cfg = default_refiner_config()
@@ -109,9 +118,12 @@ def run(quick: bool = False) -> dict:
 
     def timed(eng, **kw):
         eng.run(params, jobs, key, **kw)  # compile every bucket this workload reaches
+        before = sum(f._cache_size() for f in jitted)
         t0 = time.perf_counter()
         out = eng.run(params, jobs, key, **kw)
-        return out, time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        compiles[0] += sum(f._cache_size() for f in jitted) - before
+        return out, dt
 
     followup = engine("followup")
     base, t_base = timed(followup, use_refiner=False)
@@ -132,7 +144,9 @@ def run(quick: bool = False) -> dict:
         "searches_per_trajectory": m["rollout/searches_per_trajectory"],
         "tokens_generated": float(m["rollout/tokens_generated"]),
         "decode_steps": float(m["rollout/decode_steps"]),
-        "slots": float(n),
+        "slots": float(config.slots),
+        "prompts": float(n),
+        "timed_run_compiles": float(compiles[0]),
         "answered_share": m["rollout/status/answered"],
         "retrieval_s": m["rollout/retrieval_s"],
         "mean_turns": float(np.mean([len(t.turns) for t in base.trajectories])),

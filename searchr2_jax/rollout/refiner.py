@@ -139,6 +139,14 @@ class MetaRefiner:
             ids = ids[:head] + ids[len(ids) - (limit - head):]
         return ids
 
+    @staticmethod
+    def own_steps(logprobs: np.ndarray, num_steps: Sequence[int]) -> np.ndarray:
+        """Candidate log-probs [n, max_turns+1] with -inf beyond each row's own T (those integers are not steps)."""
+        out = np.full(logprobs.shape, -np.inf, np.float32)
+        for i, t in enumerate(num_steps):
+            out[i, :t + 1] = logprobs[i, :t + 1]
+        return out
+
     def score(self, params, prompts: list[list[int]], num_steps: list[int]) -> np.ndarray:
         """Log-probs [n, max_turns+1] of candidates "0".."T" after each prompt (-inf beyond a row's own T)."""
         n, T1 = len(prompts), self.max_turns + 1
@@ -149,10 +157,8 @@ class MetaRefiner:
             for r, p in enumerate(prompts):
                 tokens[r, :len(p)], mask[r, :len(p)] = p, True
             cands = np.asarray([c[0] for c in self.candidate_ids], np.int32)
-            lp = np.asarray(_next_token_logprobs(self.cfg, params, tokens, mask, cands))
-            for i, t in enumerate(num_steps):
-                out[i, :t + 1] = lp[i, :t + 1]
-            return out
+            return self.own_steps(np.asarray(_next_token_logprobs(self.cfg, params, tokens, mask, cands))[:n],
+                                  num_steps)
         rows = [(i, j) for i, t in enumerate(num_steps) for j in range(t + 1)]
         L = bucket(max(len(prompts[i]) + len(self.candidate_ids[j]) for i, j in rows))
         N = bucket(len(rows), minimum=1)

@@ -5,7 +5,8 @@ any other prompt-in/text-out use (the LLM judge). The loop, host side, in plain 
 
     admit jobs into free slots (prompt chunk -> cache)
     repeat:
-        decode_segment: every running slot generates until a stop sequence, its budget, or K steps (one sync)
+        decode_segment: the running slots (gathered, so idle ones cost nothing) generate until a stop sequence,
+            their budget, K steps, or until a share of them has stopped (one sync)
         for slots that stopped: parse the turn;
             </search> -> query;  </answer> -> finished;  anything else -> invalid-action message
         one retrieval call for all queries -> <information> blocks, appended to each slot's cache as a chunk
@@ -54,6 +55,8 @@ def default_rollout_config() -> ml_collections.ConfigDict:
         max_obs_tokens=512,  # cap per <information> block
         topk=3,
         segment_steps=64,  # K: device steps between host syncs (a segment also ends when every row stops)
+        # ... or once this share of its rows has stopped (they wait for the host meanwhile); 1.0 = all of them
+        segment_exit_share=0.25,
         temperature=1.0,
         top_p=1.0,
         retrieval_timeout_s=30.0,
@@ -158,9 +161,11 @@ class RolloutEngine:
                 state = self._append(params, state, pending)
                 pending = []
             rng, key = jax.random.split(rng)
-            window = sampler.attention_window(jax.device_get(state.cache.lengths), c.segment_steps, self.capacity)
+            lengths, status = jax.device_get((state.cache.lengths, state.status))
+            rows, window = self._decode_rows(lengths, status)
+            exit_stops = np.int32(max(1, int(np.ceil(c.segment_exit_share * np.sum(status == sampler.RUNNING)))))
             state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps, key,
-                                                  window)
+                                                  window, rows, exit_stops)
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
             device_s += time.perf_counter() - t0
             m["decode_steps"] += int(steps)
@@ -213,22 +218,53 @@ class RolloutEngine:
                 items.append((b, list(jobs[i].prompt_ids), True, True, False))
         return items
 
-    def _append(self, params, state, items, run: bool = True):
-        """One bucketed `append_rows` call for (slot, ids, reset_cache, clear_response, generated) items; the slots
-        then run (decode on) or, with `run=False`, stay idle (their next-token logits are only read)."""
-        n = T.bucket(len(items), minimum=1)
-        C = T.bucket(max(len(ids) for _, ids, *_ in items), minimum=1)
+    def _decode_rows(self, lengths, status):
+        """The slots a decode segment works on — the running ones, bucketed (None: all of them) — and its window.
+
+        Finished slots and slots waiting for the host are left out, so a batch's tail, or a regeneration running
+        after most rows are done, costs what its own rows cost. With a mesh the slots are sharded over devices and
+        gathering them would move caches between devices: every slot is decoded there."""
         B = self.config.slots
+        running = np.flatnonzero(status == sampler.RUNNING).astype(np.int32)
+        n = T.bucket(len(running), minimum=max(1, B // 8))
+        if self.mesh is not None or n >= B:
+            return None, sampler.attention_window(lengths, self.config.segment_steps, self.capacity)
         rows = np.full((n,), B, np.int32)  # pads point past the slots and are dropped
+        rows[:len(running)] = running
+        return rows, sampler.attention_window(lengths[running], self.config.segment_steps, self.capacity)
+
+    def _append(self, params, state, items, run: bool = True, lengths=None):
+        """`append_rows` for (slot, ids, reset_cache, clear_response, generated) items; the slots then run (decode on)
+        or, with `run=False`, stay idle (their next-token logits are only read).
+
+        The items, longest first, go in groups of power-of-two sizes (25 rows: 16 + 8 + 1), each padded to its own
+        longest chunk: prefill is compute-bound, and padding 25 rows to 32, every chunk to the longest of all, cost
+        up to twice the tokens. `lengths` (the slots' cache lengths, fetched if not given) sizes each group's
+        attention window."""
+        if lengths is None:
+            lengths = jax.device_get(state.cache.lengths)
+        items = sorted(items, key=lambda it: -len(it[1]))
+        i = 0
+        for n in (1 << k for k in reversed(range(len(items).bit_length())) if len(items) >> k & 1):
+            state = self._append_group(params, state, items[i:i + n], run, lengths)
+            i += n
+        return state
+
+    def _append_group(self, params, state, items, run, lengths):
+        n, C = len(items), T.bucket(len(items[0][1]), minimum=1, fine=True)
+        rows = np.zeros((n,), np.int32)
         chunk = np.zeros((n, C), np.int32)
         valid = np.zeros((n, C), bool)
         flags = np.zeros((4, n), bool)
+        ends = []
         for r, (b, ids, reset, clear, gen) in enumerate(items):
             rows[r] = b
             chunk[r, :len(ids)] = ids
             valid[r, :len(ids)] = True
             flags[:, r] = (reset, clear, gen, run)
-        return sampler.append_rows(self.cfg, params, state, rows, chunk, valid, *flags)
+            ends.append((0 if reset else int(lengths[b])) + len(ids))
+        window = sampler.attention_window(np.asarray(ends), 0, self.capacity)
+        return sampler.append_rows(self.cfg, params, state, rows, chunk, valid, *flags, window=window)
 
     def _truncate(self, state, revise):
         """Cuts revised slots back to their kept prefix (bucketed row count, pads dropped)."""
@@ -383,10 +419,7 @@ class RolloutEngine:
         padded[:len(rows)] = rows
         cands = np.asarray([c[0] for c in refiner.candidate_ids], np.int32)
         lp = np.asarray(jax.device_get(sampler.next_token_logprobs(state, padded, cands)))[:len(rows)]
-        scores = np.full(lp.shape, -np.inf, np.float32)
-        for i, t in enumerate(num_steps):
-            scores[i, :t + 1] = lp[i, :t + 1]
-        return state, scores
+        return state, refiner.own_steps(lp, num_steps)
 
     def _reprefill(self, params, state, slots, pending):
         """Baseline only: observation rows rebuild their whole cache from prompt + response instead of appending."""

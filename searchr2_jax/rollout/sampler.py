@@ -7,9 +7,11 @@ orchestrator (`rollout.py`) decides what to append and when, and reads the statu
 
 - `append_rows` writes a chunk (a prompt, a kept prefix, or an `<information>` block) into a few slots' caches in one
   call over just those rows (gathered, run, scattered back), so a chunk for 3 rows never costs a pass over all B.
-- `decode_segment` runs a `lax.while_loop` of up to `max_steps` single-token steps; a row stops the moment its
-  response ends with a stop sequence (matched on ids), its response buffer or cache is full, or it hits EOS.
-  The loop exits when no row is running, so the host only syncs once per segment.
+- `decode_segment` runs a `lax.while_loop` of up to `max_steps` single-token steps over the slots the host names
+  (the running ones); a row stops the moment its response ends with a stop sequence (matched on ids), its response
+  buffer or cache is full, or it hits EOS. The loop exits when no row is running (or enough have stopped), so the
+  host only syncs once per segment.
+- Both read only the cache prefix their rows can reach (`attention_window`), through `take_rows`/`put_rows`.
 """
 
 from __future__ import annotations
@@ -93,13 +95,16 @@ def init_slots(cfg: DecoderConfig, batch: int, capacity: int, response_len: int)
 
 def sample_token(logits: jax.Array, rng: jax.Array, sp: SamplingParams):
     """Returns (token [B], log-prob [B]) where the log-prob is under the temperature-scaled *full* distribution,
-    which is what the trainer recomputes; top-p only narrows which tokens can be drawn."""
+    which is what the trainer recomputes; top-p only narrows which tokens can be drawn. `rng` is one key, or one
+    key per row ([B]: a slot's draws then do not depend on which other slots share its batch)."""
     greedy = sp.temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, sp.temperature)
     logp = jax.nn.log_softmax(scaled.astype(jnp.float32), axis=-1)
     # Sorting the vocabulary costs more than the rest of a CPU decode step, so it runs only when top_p < 1.
     truncated = jax.lax.cond(sp.top_p < 1.0, _top_p, lambda lp, _: lp, logp, sp.top_p)
-    drawn = jax.random.categorical(rng, truncated, axis=-1)
+    if rng.ndim == 0:
+        rng = jax.random.split(rng, logits.shape[0])
+    drawn = jax.vmap(jax.random.categorical)(rng, truncated)
     token = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
@@ -127,92 +132,121 @@ def match_stops(tokens: jax.Array, length: jax.Array, stops: StopTable) -> jax.A
 # ------------------------------------------------------------------------------------------------ device steps
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def attention_window(cache_lengths: np.ndarray, extra: int, capacity: int) -> int:
+    """The cache prefix a device call needs: every row's length plus the tokens it may add (a segment's steps, a
+    chunk), bucketed (`bucket(fine=True)`: at most 2 log2(capacity) compiled programs), at most the capacity.
+    Attention reads the whole attended cache, so attending to empty slots would cost as much as to full ones."""
+    return min(capacity, bucket(int(np.max(cache_lengths, initial=0)) + extra, minimum=128, fine=True))
+
+
+def take_rows(state: SlotState, rows, window: int) -> SlotState:
+    """The sub-state of slots `rows` [n] with the cache cut to its first `window` positions (a copy XLA fuses).
+    Ids >= B pad a bucket: they read the last slot and are IDLE, and `put_rows` drops them. `rows=None`: every slot."""
+    c = state.cache
+    if rows is None:
+        return state._replace(cache=c._replace(k=c.k[:, :, :, :window], v=c.v[:, :, :, :window]))
+    B = state.tokens.shape[0]
+    take = jnp.minimum(rows, B - 1)
+    sub = jax.tree.map(lambda x: x[take], state._replace(cache=None))
+    return sub._replace(cache=kvc.KVCache(c.k[:, take, :, :window], c.v[:, take, :, :window], c.lengths[take]),
+                        status=jnp.where(rows < B, sub.status, IDLE))
+
+
+def put_rows(state: SlotState, rows, sub: SlotState) -> SlotState:
+    """Writes a `take_rows` sub-state back in place (the state is donated); pad ids are dropped."""
+    c, window = state.cache, sub.cache.k.shape[3]
+    if rows is None:
+        return sub._replace(cache=kvc.KVCache(jax.lax.dynamic_update_slice(c.k, sub.cache.k, (0,) * 5),
+                                              jax.lax.dynamic_update_slice(c.v, sub.cache.v, (0,) * 5),
+                                              sub.cache.lengths))
+    rest = jax.tree.map(lambda full, part: full.at[rows].set(part, mode="drop"), state._replace(cache=None),
+                        sub._replace(cache=None))
+    return rest._replace(cache=kvc.KVCache(c.k.at[:, rows, :, :window].set(sub.cache.k, mode="drop"),
+                                           c.v.at[:, rows, :, :window].set(sub.cache.v, mode="drop"),
+                                           c.lengths.at[rows].set(sub.cache.lengths, mode="drop")))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnums=2)
 def append_rows(cfg: DecoderConfig, params, state: SlotState, rows, chunk, valid, reset_cache, clear_response,
-                generated, run):
+                generated, run, window: int | None = None):
     """Appends a chunk to a few slots and refreshes their next-token logits; the slots become RUNNING (`run`) or
     IDLE (a prompt only scored from the logits, such as the Meta-Refiner's follow-up).
 
     rows [n] slot ids (an id >= B pads the bucket and is dropped); chunk/valid [n, C] right-padded. Per row:
     `reset_cache` empties the cache first (a new job), `clear_response` empties the response buffer, and
     `generated` says whether the chunk also goes into the response buffer (observations, with loss mask 0) or
-    only into the cache (the prompt).
+    only into the cache (the prompt). Only these rows, and the first `window` cache positions (static; see
+    `attention_window`: it must hold every row's cache and chunk), are read and written.
     """
     B, R = state.tokens.shape
-    take = jnp.minimum(rows, B - 1)
-    sub = kvc.KVCache(state.cache.k[:, take], state.cache.v[:, take],
-                      jnp.where(reset_cache, 0, state.cache.lengths[take]))
-    hidden, sub = decoder.forward_hidden(cfg, params, chunk, mask=valid, cache=sub)
+    sub = take_rows(state, rows, state.cache.capacity if window is None else window)
+    cache = sub.cache._replace(lengths=jnp.where(reset_cache, 0, sub.cache.lengths))
+    hidden, cache = decoder.forward_hidden(cfg, params, chunk, mask=valid, cache=cache)
     n_valid = valid.sum(axis=1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, jnp.maximum(n_valid - 1, 0)[:, None, None], axis=1)[:, 0]
     logits = decoder.lm_logits(cfg, params, last)
 
     # The rows' response buffers: emptied on reset; observations appended after the current response.
     keep = ~clear_response[:, None]
-    length = jnp.where(clear_response, 0, state.length[take])
-    tokens = jnp.where(keep, state.tokens[take], 0)
-    logprobs = jnp.where(keep, state.logprobs[take], 0.0)
-    loss_mask = jnp.where(keep, state.loss_mask[take], 0)
+    length = jnp.where(clear_response, 0, sub.length)
+    tokens = jnp.where(keep, sub.tokens, 0)
+    logprobs = jnp.where(keep, sub.logprobs, 0.0)
+    loss_mask = jnp.where(keep, sub.loss_mask, 0)
     pos = length[:, None] + jnp.arange(chunk.shape[1])[None, :]
     pos = jnp.where(valid & generated[:, None], pos, R)
     n = jnp.arange(rows.shape[0])[:, None]
-    tokens = tokens.at[n, pos].set(chunk, mode="drop")
-    logprobs = logprobs.at[n, pos].set(0.0, mode="drop")
-    loss_mask = loss_mask.at[n, pos].set(0, mode="drop")
-    length = jnp.minimum(length + jnp.where(generated, n_valid, 0), R)
-
-    def put(full, part):
-        return full.at[rows].set(part, mode="drop")
-
-    return SlotState(
-        cache=kvc.KVCache(state.cache.k.at[:, rows].set(sub.k, mode="drop"),
-                          state.cache.v.at[:, rows].set(sub.v, mode="drop"), put(state.cache.lengths, sub.lengths)),
-        next_logits=put(state.next_logits, logits),
-        tokens=put(state.tokens, tokens),
-        logprobs=put(state.logprobs, logprobs),
-        loss_mask=put(state.loss_mask, loss_mask),
-        length=put(state.length, length),
-        status=put(state.status, jnp.where(run, RUNNING, IDLE).astype(jnp.int32)),
-        stop_kind=put(state.stop_kind, jnp.full(rows.shape, -1, jnp.int32)),
+    sub = SlotState(
+        cache=cache,
+        next_logits=logits,
+        tokens=tokens.at[n, pos].set(chunk, mode="drop"),
+        logprobs=logprobs.at[n, pos].set(0.0, mode="drop"),
+        loss_mask=loss_mask.at[n, pos].set(0, mode="drop"),
+        length=jnp.minimum(length + jnp.where(generated, n_valid, 0), R),
+        status=jnp.where(run, RUNNING, IDLE).astype(jnp.int32),
+        stop_kind=jnp.full(rows.shape, -1, jnp.int32),
     )
-
-
-def attention_window(cache_lengths: np.ndarray, max_steps: int, capacity: int) -> int:
-    """The cache prefix a decode segment needs to read: every row's length plus the segment, bucketed (so a rollout
-    compiles one segment per power of two, at most log2(capacity) of them), at most the capacity."""
-    return min(capacity, bucket(int(np.max(cache_lengths, initial=0)) + max_steps, minimum=128))
+    return put_rows(state, rows, sub)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 7), donate_argnums=2)
 def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTable, sp: SamplingParams,
-                   max_steps: int, rng: jax.Array, window: int | None = None):
+                   max_steps: int, rng: jax.Array, window: int | None = None, rows=None, exit_stops=None):
     """Up to `max_steps` tokens for every RUNNING row; returns (state, steps taken).
 
     The response buffer length R is the response budget: a row that fills it, or fills its cache, stops with
     STOP_BUDGET. A regenerated row keeps its kept prefix in the buffer, so its total budget is unchanged.
     `window` (static; see `attention_window`) limits attention to the cache prefix the rows can reach in this
-    segment: decode reads the whole attended cache every step, so attending to empty slots would cost as much.
+    segment, and `rows` [n] (bucketed, pads >= B; None = all B) to the slots worth decoding: a step reads every
+    decoded row's cache, so idle slots (finished, or waiting for the host) would cost as much as running ones.
+    `exit_stops` (traced, default never) also ends the segment once that many of its rows have stopped, so rows
+    waiting for the host (a search, a finished answer) do not idle for the rest of the segment.
+    Each slot draws from its own key (the segment's key folded with the slot id), whoever shares its batch.
     """
     B, R = state.tokens.shape
     cap = state.cache.capacity
-    rows = jnp.arange(B)
-    whole = state.cache
     window = cap if window is None else min(window, cap)
-    state = state._replace(cache=whole._replace(k=whole.k[:, :, :, :window], v=whole.v[:, :, :, :window]))
+    slot_ids = jnp.arange(B) if rows is None else rows
+    sub = take_rows(state, rows, window)
+    started = sub.status == RUNNING
+    exit_stops = B + 1 if exit_stops is None else exit_stops
 
     def cond(carry):
         state, step, _ = carry
-        return (step < max_steps) & jnp.any(state.status == RUNNING)
+        running = state.status == RUNNING
+        stopped = jnp.sum(started & ~running)
+        return (step < max_steps) & jnp.any(running) & (stopped < exit_stops)
 
     def body(carry):
         state, step, rng = carry
         rng, key = jax.random.split(rng)
         running = state.status == RUNNING
-        token, logp = sample_token(state.next_logits, key, sp)
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, slot_ids)
+        token, logp = sample_token(state.next_logits, keys, sp)
         pos = jnp.where(running, state.length, R)  # idle rows write nowhere
-        tokens = state.tokens.at[rows, pos].set(token, mode="drop")
-        logprobs = state.logprobs.at[rows, pos].set(logp, mode="drop")
-        loss_mask = state.loss_mask.at[rows, pos].set(1, mode="drop")
+        n = jnp.arange(token.shape[0])
+        tokens = state.tokens.at[n, pos].set(token, mode="drop")
+        logprobs = state.logprobs.at[n, pos].set(logp, mode="drop")
+        loss_mask = state.loss_mask.at[n, pos].set(1, mode="drop")
         length = state.length + running.astype(jnp.int32)
         kind = match_stops(tokens, length, stops)
         hidden, cache = decoder.forward_hidden(cfg, params, token[:, None], mask=running[:, None], cache=state.cache)
@@ -224,12 +258,8 @@ def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTabl
                           loss_mask, length, status, jnp.where(running, kind, state.stop_kind))
         return state, step + 1, rng
 
-    state, steps, _ = jax.lax.while_loop(cond, body, (state, jnp.int32(0), rng))
-    cache = state.cache
-    if window < cap:  # the segment's writes all fall inside the window: put it back into the full cache
-        cache = kvc.KVCache(jax.lax.dynamic_update_slice(whole.k, cache.k, (0,) * 5),
-                            jax.lax.dynamic_update_slice(whole.v, cache.v, (0,) * 5), cache.lengths)
-    return state._replace(cache=cache), steps
+    sub, steps, _ = jax.lax.while_loop(cond, body, (sub, jnp.int32(0), rng))
+    return put_rows(state, rows, sub), steps
 
 
 @jax.jit

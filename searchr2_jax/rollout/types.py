@@ -95,9 +95,14 @@ class TrajectoryBatch(NamedTuple):
     meta_lengths: np.ndarray  # [M] int32: refiner prompt + chosen integer (0 on padding rows)
 
 
-def bucket(n: int, minimum: int = 16) -> int:
-    """Next power of two >= n: the one shape rule every padded batch in the project follows."""
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+def bucket(n: int, minimum: int = 16, fine: bool = False) -> int:
+    """Next power of two >= n: the one shape rule every padded batch in the project follows. `fine` also allows
+    1.5 x a power of two (..., 128, 192, 256, 384, ...), for the token dimensions of prefill chunks and attention
+    windows, where a power of two pads a 260-token block to 512: twice the compute, for at most twice the shapes."""
+    p = 1 << max(0, int(n) - 1).bit_length()
+    if fine and p >= 4 and n <= 3 * p // 4:
+        p = 3 * p // 4
+    return max(minimum, p)
 
 
 def to_batch(trajectories: Sequence[Trajectory], seq_len: int | None = None, meta_len: int | None = None,

@@ -251,3 +251,10 @@ def test_render_shows_turns_queries_passages_and_refiner_decision():
     text = render_trajectory(t, TOK)
     assert "status answered" in text and "query: 'alpha'" in text and "[alpha-0] T0" in text
     assert "revise from step 2" in text and f"kept {t.kept_tokens[0]} tokens" in text
+
+
+def test_fine_buckets_add_one_and_a_half_powers_of_two():
+    assert [T.bucket(n, minimum=1) for n in (1, 3, 5, 129, 200)] == [1, 4, 8, 256, 256]
+    assert [T.bucket(n, minimum=1, fine=True) for n in (1, 3, 5, 7, 129, 192, 193, 260)] == \
+        [1, 3, 6, 8, 192, 192, 256, 384]
+    assert T.bucket(100, minimum=128, fine=True) == 128

@@ -101,3 +101,52 @@ def test_sampling_logprobs_are_full_distribution_and_top_p_narrows():
     np.testing.assert_allclose(float(lp[0]), np.log([0.5, 0.3, 0.15, 0.05])[int(tok[0])], rtol=1e-5)
     tok, _ = sampler.sample_token(logits, jax.random.key(0), sampler.sampling_params(0.0, 1.0))
     assert int(tok[0]) == 0
+
+
+def test_decoding_a_subset_of_slots_equals_decoding_all_and_leaves_the_rest_untouched():
+    prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
+    sp = sampler.sampling_params(1.0)  # sampled, so the per-slot keys are what makes the rows agree
+    key = jax.random.key(5)
+    full, _ = sampler.decode_segment(CFG, PARAMS, _start(prompts), NEVER, sp, 5, key)
+    before = jax.device_get(_start(prompts))
+    rows = np.asarray([3, 1, 4, 4], np.int32)  # slots 3 and 1, in any order, and two pads (ids >= B)
+    sub, _ = sampler.decode_segment(CFG, PARAMS, _start(prompts), NEVER, sp, 5, key, 128, rows)
+    full, sub = jax.device_get((full, sub))
+    for b in (1, 3):
+        np.testing.assert_array_equal(sub.tokens[b], full.tokens[b])
+        np.testing.assert_allclose(sub.logprobs[b], full.logprobs[b], rtol=1e-5)
+        assert sub.cache.lengths[b] == full.cache.lengths[b] and sub.status[b] == full.status[b]
+        n = int(full.cache.lengths[b])
+        np.testing.assert_allclose(sub.cache.k[:, b, :, :n], full.cache.k[:, b, :, :n], rtol=1e-5, atol=1e-6)
+    for b in (0, 2):  # not decoded: exactly as they were
+        for name in ("tokens", "length", "status", "next_logits"):
+            np.testing.assert_array_equal(getattr(sub, name)[b], getattr(before, name)[b])
+        np.testing.assert_array_equal(sub.cache.k[:, b], before.cache.k[:, b])
+        assert sub.cache.lengths[b] == before.cache.lengths[b]
+
+
+def test_segment_ends_once_enough_rows_have_stopped():
+    prompt = [1, 2, 3]
+    cont = _argmax_continuation(prompt, 4)[3:]
+    stops = sampler.make_stop_table([(cont[1:2], 1), ([CFG.vocab_size + 1], 2)])  # row 0 stops after 2 tokens
+    state = _start([prompt, [9, 9, 9]])
+    state, steps = sampler.decode_segment(CFG, PARAMS, state, stops, GREEDY, 10, jax.random.key(0), None, None,
+                                          np.int32(1))
+    assert int(steps) == cont.index(cont[1]) + 1 == int(state.length[0])
+    assert int(state.status[0]) == sampler.STOP_SEQUENCE and int(state.status[1]) == sampler.RUNNING
+    state, steps = sampler.decode_segment(CFG, PARAMS, state, stops, GREEDY, 10, jax.random.key(0))
+    assert int(steps) == 10 and int(state.length[1]) == 12  # without exit_stops: the full segment
+
+
+def test_windowed_append_equals_an_append_over_the_whole_cache():
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    obs = np.asarray([[11, 12, 13], [16, 17, 0]], np.int32)
+    valid = obs > 0
+    f, t = np.zeros(2, bool), np.ones(2, bool)
+    rows = np.arange(2, dtype=np.int32)
+    whole = sampler.append_rows(CFG, PARAMS, _start(prompts, cap=300), rows, obs, valid, f, f, t, t)
+    windowed = sampler.append_rows(CFG, PARAMS, _start(prompts, cap=300), rows, obs, valid, f, f, t, t, window=128)
+    whole, windowed = jax.device_get((whole, windowed))
+    np.testing.assert_allclose(windowed.next_logits, whole.next_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(windowed.cache.lengths, whole.cache.lengths)
+    np.testing.assert_allclose(windowed.cache.k, whole.cache.k, rtol=1e-5, atol=1e-6)
