@@ -162,8 +162,7 @@ class RolloutEngine:
                 pending = []
             rng, key = jax.random.split(rng)
             lengths, status = jax.device_get((state.cache.lengths, state.status))
-            rows, window = self._decode_rows(lengths, status)
-            exit_stops = np.int32(max(1, int(np.ceil(c.segment_exit_share * np.sum(status == sampler.RUNNING)))))
+            rows, window, exit_stops = self._segment(lengths, status)
             state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps, key,
                                                   window, rows, exit_stops)
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
@@ -218,31 +217,32 @@ class RolloutEngine:
                 items.append((b, list(jobs[i].prompt_ids), True, True, False))
         return items
 
-    def _decode_rows(self, lengths, status):
-        """The slots a decode segment works on — the running ones, bucketed (None: all of them) — and its window.
+    def _segment(self, lengths, status):
+        """What the next decode segment works on: the running slots, bucketed (None: all of them), the attention
+        window they reach, and after how many stops it ends (`segment_exit_share` of them).
 
         Finished slots and slots waiting for the host are left out, so a batch's tail, or a regeneration running
         after most rows are done, costs what its own rows cost. With a mesh the slots are sharded over devices and
         gathering them would move caches between devices: every slot is decoded there."""
-        B = self.config.slots
+        c, B = self.config, self.config.slots
         running = np.flatnonzero(status == sampler.RUNNING).astype(np.int32)
+        window = sampler.attention_window(lengths[running], c.segment_steps, self.capacity)
+        exit_stops = np.int32(max(1, int(np.ceil(c.segment_exit_share * len(running)))))
         n = T.bucket(len(running), minimum=max(1, B // 8))
         if self.mesh is not None or n >= B:
-            return None, sampler.attention_window(lengths, self.config.segment_steps, self.capacity)
+            return None, window, exit_stops
         rows = np.full((n,), B, np.int32)  # pads point past the slots and are dropped
         rows[:len(running)] = running
-        return rows, sampler.attention_window(lengths[running], self.config.segment_steps, self.capacity)
+        return rows, window, exit_stops
 
-    def _append(self, params, state, items, run: bool = True, lengths=None):
+    def _append(self, params, state, items, run: bool = True):
         """`append_rows` for (slot, ids, reset_cache, clear_response, generated) items; the slots then run (decode on)
         or, with `run=False`, stay idle (their next-token logits are only read).
 
         The items, longest first, go in groups of power-of-two sizes (25 rows: 16 + 8 + 1), each padded to its own
         longest chunk: prefill is compute-bound, and padding 25 rows to 32, every chunk to the longest of all, cost
-        up to twice the tokens. `lengths` (the slots' cache lengths, fetched if not given) sizes each group's
-        attention window."""
-        if lengths is None:
-            lengths = jax.device_get(state.cache.lengths)
+        up to twice the tokens. The slots' cache lengths size each group's attention window."""
+        lengths = jax.device_get(state.cache.lengths)
         items = sorted(items, key=lambda it: -len(it[1]))
         i = 0
         for n in (1 << k for k in reversed(range(len(items).bit_length())) if len(items) >> k & 1):
