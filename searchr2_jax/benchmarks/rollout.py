@@ -108,7 +108,8 @@ def run(quick: bool = False) -> dict:
     n = JOBS_PER_SLOT * config.slots
     jobs = make_jobs(world.splits["dev"][:n], tokenizer, chat=True)
     key = jax.random.key(0)
-    jitted = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs]
+    jitted = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs,
+              sampler.seed_rows, sampler.encode_prefix]
     compiles = [0]
 
     def engine(prompt):

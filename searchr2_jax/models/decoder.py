@@ -106,8 +106,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 
 def attention(q, blocks, cfg: DecoderConfig):
-    """q [B,T,H,hd]; `blocks`: (k, v [B,K,S,hd], mask [B,T|1,S] bool) triples -> [B,T,H*hd]. GQA without repeating k/v.
+    """q [B,T,H,hd]; `blocks`: (k, v, mask [B,T|1,S] bool, transposed) -> [B,T,H*hd]. GQA without repeating k/v.
 
+    Values are [B,K,S,hd]; keys too, or [B,K,hd,S] where `transposed` (the KV cache's layout, see `kv_cache`).
     One softmax spans every block: the cached path passes the cache and the new chunk as two blocks, so the cache is
     read where it lies and never concatenated with the chunk (a copy of the whole cache per layer and token).
     Keys are heads-first and a kv head's g query heads are merged with time into one [g*T, hd] operand, so both
@@ -119,8 +120,9 @@ def attention(q, blocks, cfg: DecoderConfig):
     g = h // kh
     q = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
     scores = []
-    for k, v, mask in blocks:
-        s = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    for k, v, mask, transposed in blocks:
+        spec = "bkqd,bkds->bkqs" if transposed else "bkqd,bksd->bkqs"
+        s = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
         scores.append(jnp.where(mask[:, None, None, :, :], s.reshape(b, kh, g, t, -1), NEG_INF))
     if len(scores) == 1:  # training and full passes: XLA:CPU differentiates its own softmax faster (train MFU 0.56 vs 0.52)
         probs = [jax.nn.softmax(scores[0], axis=-1)]
@@ -130,7 +132,7 @@ def attention(q, blocks, cfg: DecoderConfig):
         denom = sum(p.sum(axis=-1, keepdims=True) for p in probs)
         probs = [p / denom for p in probs]
     out = sum(jnp.einsum("bkqs,bksd->bkqd", p.astype(v.dtype).reshape(b, kh, g * t, -1), v)
-              for p, (_, v, _) in zip(probs, blocks))  # [B, K, g*T, hd]
+              for p, (_, v, _, _) in zip(probs, blocks))  # [B, K, g*T, hd]
     return out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
 
 
@@ -140,7 +142,7 @@ def heads_first(x: jax.Array) -> jax.Array:
 
 
 def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
-    """One pre-norm block. `kv_fn(k, v) -> [(keys, values, mask), ...]` (heads-first, see `attention`) decides what
+    """One pre-norm block. `kv_fn(k, v) -> [(keys, values, mask, transposed), ...]` (see `attention`) decides what
     the queries attend to; k and v are this chunk's [B, T, K, hd]."""
     b, t, d = h.shape
     dt = cfg.jnp_dtype
@@ -197,7 +199,7 @@ def forward_hidden(
             attn_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
         def body(h, p):
-            return _layer(cfg, inv_freq, h, p, positions, lambda k, v: [(heads_first(k), heads_first(v), attn_mask)]), None
+            return _layer(cfg, inv_freq, h, p, positions, lambda k, v: [(heads_first(k), heads_first(v), attn_mask, False)]), None
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
@@ -206,10 +208,11 @@ def forward_hidden(
 
     cap = cache.capacity
     widx = kvc.write_indices(cache.lengths, mask, cap)  # [B, T]
+    n_valid = mask.sum(axis=1).astype(jnp.int32)
     if positions is None:
         positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     # Queries see the cache's valid prefix and, causally, the chunk's own valid tokens.
-    cache_mask = (jnp.arange(cap)[None, :] < cache.lengths[:, None])[:, None, :]  # [B, 1, S]
+    cache_mask = jnp.arange(cap)[None, None, :] < cache.lengths[:, None, None]  # [B, 1, S]
     idx = jnp.arange(t)
     chunk_mask = (idx[None, :, None] >= idx[None, None, :]) & mask[:, None, :]  # [B, T, T]
 
@@ -219,14 +222,12 @@ def forward_hidden(
 
         def kv_fn(k, v):
             new.extend((k, v))
-            return [(ck, cv, cache_mask), (heads_first(k), heads_first(v), chunk_mask)]
+            return [(ck, cv, cache_mask, True), (heads_first(k), heads_first(v), chunk_mask, False)]
 
-        h = _layer(cfg, inv_freq, h, p, positions, kv_fn)
-        return h, tuple(new)
+        return _layer(cfg, inv_freq, h, p, positions, kv_fn), tuple(new)
 
     h, (k_new, v_new) = jax.lax.scan(body, h, (params["layers"], cache.k, cache.v))
-    new_cache = kvc.KVCache(kvc.write(cache.k, k_new, widx), kvc.write(cache.v, v_new, widx),
-                            cache.lengths + mask.sum(axis=1).astype(jnp.int32))
+    new_cache = kvc.write(cache, k_new, v_new, widx, n_valid)
     return rms_norm(h, params["final_norm"], cfg.rms_norm_eps), new_cache
 
 

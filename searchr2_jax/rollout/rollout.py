@@ -3,7 +3,7 @@
 One engine serves every generator: training rollouts (sampling, refiner on), greedy evaluation (refiner off), and
 any other prompt-in/text-out use (the LLM judge). The loop, host side, in plain words:
 
-    admit jobs into free slots (prompt chunk -> cache)
+    admit jobs into free slots (prompt chunk -> cache; the prefix all prompts share is encoded once and copied)
     repeat:
         decode_segment: the running slots (gathered, so idle ones cost nothing) generate until a stop sequence,
             their budget, K steps, or until a share of them has stopped (one sync)
@@ -57,6 +57,9 @@ def default_rollout_config() -> ml_collections.ConfigDict:
         segment_steps=64,  # K: device steps between host syncs (a segment also ends when every row stops)
         # ... or once this share of its rows has stopped (they wait for the host meanwhile); 1.0 = all of them
         segment_exit_share=0.25,
+        # The prompt prefix every job shares (the instruction template) is encoded once per rollout and copied into
+        # each new slot, whose prompt is then appended from there (0 = off; at least this many tokens).
+        min_shared_prefix=16,
         temperature=1.0,
         top_p=1.0,
         retrieval_timeout_s=30.0,
@@ -154,7 +157,8 @@ class RolloutEngine:
         t_start = time.perf_counter()
         device_s = 0.0
 
-        pending = self._admit(slots, queue, jobs)
+        prefix = self._shared_prefix(params, [jobs[i] for i in queue])
+        state, pending = self._admit(state, slots, queue, jobs, prefix)
         while pending or any(slots):
             t0 = time.perf_counter()
             if pending:
@@ -190,7 +194,8 @@ class RolloutEngine:
                     out[traj.job_index] = traj
                     slots[b] = None
                     m["tokens_generated"] += int(traj.loss_mask.sum())
-            pending += self._admit(slots, queue, jobs)
+            state, admitted = self._admit(state, slots, queue, jobs, prefix)
+            pending += admitted
             if reprefill:
                 state, pending = self._reprefill(params, state, slots, pending)
 
@@ -207,15 +212,46 @@ class RolloutEngine:
 
     # ---------------------------------------------------------------------------------------------- steps
 
-    def _admit(self, slots, queue, jobs):
-        """Free slots take queued jobs; returns their prompt chunks (reset the slot)."""
-        items = []
+    def _shared_prefix(self, params, jobs):
+        """(length, one-row cache) of the longest prompt prefix all jobs share, or None if it is shorter than
+        `min_shared_prefix`. Every job keeps at least one token of its own, whose logits start its decode."""
+        n = self.config.min_shared_prefix
+        if n <= 0 or len(jobs) < 2:
+            return None
+        prompts = [np.asarray(j.prompt_ids) for j in jobs]
+        first, shortest = prompts[0], min(len(p) for p in prompts) - 1
+        if shortest < n:
+            return None
+        agree = np.ones(shortest, bool)
+        for p in prompts[1:]:
+            agree &= p[:shortest] == first[:shortest]
+        length = int(np.argmin(agree)) if not agree.all() else shortest
+        if length < n:
+            return None
+        C = T.bucket(length, minimum=n, fine=True)
+        chunk, valid = np.zeros((1, C), np.int32), np.zeros((1, C), bool)
+        chunk[0, :length], valid[0, :length] = first[:length], True
+        return length, sampler.encode_prefix(self.cfg, params, chunk, valid)
+
+    def _admit(self, state, slots, queue, jobs, prefix):
+        """Free slots take queued jobs; returns the state and their prompt chunks (which reset the slot), or, with a
+        shared `prefix`, the slots start from its cache and the chunks are the rest of each prompt."""
+        items, rows = [], []
         for b in range(len(slots)):
             if slots[b] is None and queue:
                 i = queue.popleft()
                 slots[b] = _Slot(i, jobs[i])
-                items.append((b, list(jobs[i].prompt_ids), True, True, False))
-        return items
+                ids = list(jobs[i].prompt_ids)
+                if prefix is None:
+                    items.append((b, ids, True, True, False))
+                else:
+                    rows.append(b)
+                    items.append((b, ids[prefix[0]:], False, True, False))
+        if rows:
+            padded = np.full((T.bucket(len(rows), minimum=1),), self.config.slots, np.int32)
+            padded[:len(rows)] = rows
+            state = sampler.seed_rows(state, padded, prefix[1])
+        return state, items
 
     def _segment(self, lengths, status):
         """What the next decode segment works on: the running slots, bucketed (None: all of them), the attention
@@ -235,23 +271,25 @@ class RolloutEngine:
         rows[:len(running)] = running
         return rows, window, exit_stops
 
-    def _append(self, params, state, items, run: bool = True):
+    def _append(self, params, state, items, run: bool = True, chunk_len: int | None = None):
         """`append_rows` for (slot, ids, reset_cache, clear_response, generated) items; the slots then run (decode on)
         or, with `run=False`, stay idle (their next-token logits are only read).
 
         The items, longest first, go in groups of power-of-two sizes (25 rows: 16 + 8 + 1), each padded to its own
-        longest chunk: prefill is compute-bound, and padding 25 rows to 32, every chunk to the longest of all, cost
-        up to twice the tokens. The slots' cache lengths size each group's attention window."""
+        longest chunk (bucketed; or to `chunk_len`, for chunks whose lengths are known ahead): prefill is
+        compute-bound, and padding 25 rows to 32, every chunk to the longest of all, cost up to twice the tokens.
+        The slots' cache lengths size each group's attention window."""
         lengths = jax.device_get(state.cache.lengths)
         items = sorted(items, key=lambda it: -len(it[1]))
         i = 0
         for n in (1 << k for k in reversed(range(len(items).bit_length())) if len(items) >> k & 1):
-            state = self._append_group(params, state, items[i:i + n], run, lengths)
+            C = chunk_len or T.bucket(len(items[i][1]), minimum=1, fine=True)
+            state = self._append_group(params, state, items[i:i + n], run, lengths, C)
             i += n
         return state
 
-    def _append_group(self, params, state, items, run, lengths):
-        n, C = len(items), T.bucket(len(items[0][1]), minimum=1, fine=True)
+    def _append_group(self, params, state, items, run, lengths, C):
+        n = len(items)
         rows = np.zeros((n,), np.int32)
         chunk = np.zeros((n, C), np.int32)
         valid = np.zeros((n, C), bool)
@@ -412,8 +450,10 @@ class RolloutEngine:
     def _score_in_slots(self, params, state, refiner, rows, num_steps):
         """Appends the refiner's follow-up to finished slots (cache only, slots left idle) and reads the candidates'
         log-probs [n, max_turns+1] from their next-token logits: the trajectory is read from the cache, not re-encoded."""
+        # Follow-ups differ by a few tokens ("steps 1..T"): one chunk length fits them all, unpadded to a bucket.
         state = self._append(params, state, [(b, refiner.followup_ids(t), False, False, False)
-                                             for b, t in zip(rows, num_steps)], run=False)
+                                             for b, t in zip(rows, num_steps)], run=False,
+                             chunk_len=refiner.max_followup_len)
         n = T.bucket(len(rows), minimum=1)
         padded = np.zeros((n,), np.int32)
         padded[:len(rows)] = rows
@@ -427,9 +467,9 @@ class RolloutEngine:
         if not obs:
             return state, pending
         tokens, length = jax.device_get((state.tokens, state.length))
-        prefix = [(b, list(slots[b].job.prompt_ids) + list(tokens[b, :length[b]]), True, False, False)
-                  for b, _ in obs]
-        return self._append(params, state, prefix), pending
+        whole = [(b, list(slots[b].job.prompt_ids) + list(tokens[b, :length[b]]), True, False, False)
+                 for b, _ in obs]  # the whole conversation, shared prompt prefix included, as Search-R1 re-encodes it
+        return self._append(params, state, whole), pending
 
     @staticmethod
     def _trajectory(i, job, ids, logp, mask, turns, status, answer=None) -> T.Trajectory:

@@ -214,16 +214,19 @@ def test_forced_revision_rate_for_benchmarks():
     assert all(m.forced for t in out.trajectories for m in t.meta_actions)
 
 
-def test_no_recompilation_after_warmup():
-    eng, params = engine(refiner=True, refiner_choice="2")
-    fns = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs]
+@pytest.mark.parametrize("head", ["", "gamma delta "], ids=["own_prompts", "shared_prefix"])
+def test_no_recompilation_after_warmup(head):
+    eng, params = engine(refiner=True, refiner_choice="2", min_shared_prefix=2)
+    fns = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs,
+           sampler.seed_rows, sampler.encode_prefix]
+    run = lambda batch, seed: eng.run(params, jobs(*[head + p for p in batch]), jax.random.key(seed))
     batches = [("go", "bad", "loop", "go go"), ("go go go", "go", "bad bad", "go"), ("go", "go", "go", "bad")]
     for b in batches:  # warm-up: every bucket these shapes reach
-        eng.run(params, jobs(*b), jax.random.key(0))
+        run(b, 0)
     sizes = [f._cache_size() for f in fns]
     for i, b in enumerate([("go go", "bad", "go", "loop"), ("bad", "go go go", "go", "go"),
                            ("go", "go", "bad", "go go")]):
-        eng.run(params, jobs(*b), jax.random.key(i + 10))
+        run(b, i + 10)
     assert [f._cache_size() for f in fns] == sizes
 
 
@@ -258,3 +261,22 @@ def test_fine_buckets_add_one_and_a_half_powers_of_two():
     assert [T.bucket(n, minimum=1, fine=True) for n in (1, 3, 5, 7, 129, 192, 193, 260)] == \
         [1, 3, 6, 8, 192, 192, 256, 384]
     assert T.bucket(100, minimum=128, fine=True) == 128
+
+
+def test_shared_prompt_prefix_is_encoded_once_and_changes_nothing():
+    # 18 shared words, then each job's own: the prefix is encoded once and copied into every new slot. With this much
+    # noise in the layers the log-probs depend on the prompt's keys and values: a copy scaled by 0.5 changes the text.
+    head = " ".join(["gamma", "delta"] * 9)
+    prompts = [f"{head} go", f"{head} bad", f"{head} alpha go", f"{head} go", f"{head} delta bad"]
+    outs = {}
+    for shared in (16, 0):
+        eng, params = engine(slots=2, noise=0.3, max_prompt_tokens=24, min_shared_prefix=shared)
+        assert (eng._shared_prefix(params, jobs(*prompts)) is not None) == bool(shared)
+        outs[shared] = eng.run(params, jobs(*prompts), jax.random.key(0)).trajectories
+    for a, b in zip(outs[16], outs[0]):
+        assert a.status == b.status and text(a) == text(b)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=1e-6)
+    eng, params = engine(slots=2, noise=0.3, max_prompt_tokens=24)
+    length, cache = eng._shared_prefix(params, jobs(*prompts))
+    assert length == 18 and int(cache.lengths[0]) == 18
+    assert eng._shared_prefix(params, jobs(f"{head} go", "go")) is None  # shorter than min_shared_prefix

@@ -103,6 +103,16 @@ def test_sampling_logprobs_are_full_distribution_and_top_p_narrows():
     assert int(tok[0]) == 0
 
 
+def test_draws_are_jax_random_categorical_and_argmax_first_breaks_ties_like_argmax():
+    logits = jax.random.normal(jax.random.key(1), (6, 50)) * 3
+    keys = jax.random.split(jax.random.key(2), 6)
+    tok, _ = sampler.sample_token(logits, keys, sampler.sampling_params(1.0, 1.0))
+    want = jax.vmap(jax.random.categorical)(keys, jax.nn.log_softmax(logits))
+    np.testing.assert_array_equal(np.asarray(tok), np.asarray(want))
+    ties = jnp.asarray([[0.0, 2.0, 2.0, 1.0], [3.0, 3.0, 3.0, 3.0], [-jnp.inf, -1.0, -jnp.inf, -1.0]])
+    np.testing.assert_array_equal(np.asarray(sampler.argmax_first(ties)), np.asarray(jnp.argmax(ties, axis=-1)))
+
+
 def test_decoding_a_subset_of_slots_equals_decoding_all_and_leaves_the_rest_untouched():
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
     sp = sampler.sampling_params(1.0)  # sampled, so the per-slot keys are what makes the rows agree
@@ -117,11 +127,13 @@ def test_decoding_a_subset_of_slots_equals_decoding_all_and_leaves_the_rest_unto
         np.testing.assert_allclose(sub.logprobs[b], full.logprobs[b], rtol=1e-5)
         assert sub.cache.lengths[b] == full.cache.lengths[b] and sub.status[b] == full.status[b]
         n = int(full.cache.lengths[b])
-        np.testing.assert_allclose(sub.cache.k[:, b, :, :n], full.cache.k[:, b, :, :n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sub.cache.k[:, b, ..., :n], full.cache.k[:, b, ..., :n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sub.cache.v[:, b, :, :n], full.cache.v[:, b, :, :n], rtol=1e-5, atol=1e-6)
     for b in (0, 2):  # not decoded: exactly as they were
         for name in ("tokens", "length", "status", "next_logits"):
             np.testing.assert_array_equal(getattr(sub, name)[b], getattr(before, name)[b])
         np.testing.assert_array_equal(sub.cache.k[:, b], before.cache.k[:, b])
+        np.testing.assert_array_equal(sub.cache.v[:, b], before.cache.v[:, b])
         assert sub.cache.lengths[b] == before.cache.lengths[b]
 
 
@@ -150,3 +162,4 @@ def test_windowed_append_equals_an_append_over_the_whole_cache():
     np.testing.assert_allclose(windowed.next_logits, whole.next_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(windowed.cache.lengths, whole.cache.lengths)
     np.testing.assert_allclose(windowed.cache.k, whole.cache.k, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(windowed.cache.v, whole.cache.v, rtol=1e-5, atol=1e-6)
