@@ -12,8 +12,9 @@ Layout. Keys are stored transposed, time last, values time-major:
     v  [layers, batch, kv_heads, capacity, head_dim]
 
 A decode step's q·k then reduces over head_dim as a non-minor axis, which XLA:CPU vectorizes along time: 2.4x faster
-than reducing over a contiguous head_dim (0.98 vs 2.39 ms per layer at batch 32 x 1,024 positions). p·v reduces over
-time either way.
+than reducing over a contiguous head_dim (0.98 vs 2.39 ms for one layer alone at batch 32 x 1,024 positions; 128-156
+vs 179-184 ms for 30 layers in the layer scan, which copies each layer's slice out first). p·v reduces over time
+either way.
 """
 
 from __future__ import annotations
