@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -105,10 +106,32 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return out.astype(x.dtype)
 
 
+class Picked(NamedTuple):
+    """Layer `index`'s array of per-layer `buffers` (the KV cache's layout, see `kv_cache`), as an operand of
+    `attention`: each product picks its buffer by `lax.switch`, so the buffer is read where it lies. A slice of a
+    stacked [L, ...] buffer would be copied out by XLA:CPU before every dot."""
+
+    buffers: tuple
+    index: jax.Array
+
+    @property
+    def dtype(self):
+        return self.buffers[0].dtype
+
+
+def _product(spec: str, x: jax.Array, y, **kw) -> jax.Array:
+    """`jnp.einsum(spec, x, y)`, where `y` may be `Picked` (one switch branch per layer, each a single dot)."""
+    if not isinstance(y, Picked):
+        return jnp.einsum(spec, x, y, **kw)
+    branches = [functools.partial(lambda a, x: jnp.einsum(spec, x, a, **kw), a) for a in y.buffers]
+    return jax.lax.switch(y.index, branches, x)
+
+
 def attention(q, blocks, cfg: DecoderConfig):
     """q [B,T,H,hd]; `blocks`: (k, v, mask [B,T|1,S] bool, transposed) -> [B,T,H*hd]. GQA without repeating k/v.
 
-    Values are [B,K,S,hd]; keys too, or [B,K,hd,S] where `transposed` (the KV cache's layout, see `kv_cache`).
+    Values are [B,K,S,hd]; keys too, or [B,K,hd,S] where `transposed` (the KV cache's layout, see `kv_cache`); either
+    may be `Picked` from per-layer buffers.
     One softmax spans every block: the cached path passes the cache and the new chunk as two blocks, so the cache is
     read where it lies and never concatenated with the chunk (a copy of the whole cache per layer and token).
     Keys are heads-first and a kv head's g query heads are merged with time into one [g*T, hd] operand, so both
@@ -122,7 +145,7 @@ def attention(q, blocks, cfg: DecoderConfig):
     scores = []
     for k, v, mask, transposed in blocks:
         spec = "bkqd,bkds->bkqs" if transposed else "bkqd,bksd->bkqs"
-        s = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+        s = _product(spec, q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
         scores.append(jnp.where(mask[:, None, None, :, :], s.reshape(b, kh, g, t, -1), NEG_INF))
     if len(scores) == 1:  # training and full passes: XLA:CPU differentiates its own softmax faster (train MFU 0.56 vs 0.52)
         probs = [jax.nn.softmax(scores[0], axis=-1)]
@@ -131,7 +154,7 @@ def attention(q, blocks, cfg: DecoderConfig):
         probs = [jnp.exp(s - top) for s in scores]
         denom = sum(p.sum(axis=-1, keepdims=True) for p in probs)
         probs = [p / denom for p in probs]
-    out = sum(jnp.einsum("bkqs,bksd->bkqd", p.astype(v.dtype).reshape(b, kh, g * t, -1), v)
+    out = sum(_product("bkqs,bksd->bkqd", p.astype(v.dtype).reshape(b, kh, g * t, -1), v)
               for p, (_, v, _, _) in zip(probs, blocks))  # [B, K, g*T, hd]
     return out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
 
@@ -141,9 +164,9 @@ def heads_first(x: jax.Array) -> jax.Array:
     return x.transpose(0, 2, 1, 3)
 
 
-def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
-    """One pre-norm block. `kv_fn(k, v) -> [(keys, values, mask, transposed), ...]` (see `attention`) decides what
-    the queries attend to; k and v are this chunk's [B, T, K, hd]."""
+def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, attend):
+    """One pre-norm block; returns (h, (k, v)) with this chunk's keys and values [B, T, K, hd].
+    `attend(q, k, v) -> [B, T, H*hd]` decides what the queries attend to (see `attention`)."""
     b, t, d = h.shape
     dt = cfg.jnp_dtype
     p = jax.tree.map(lambda w: w.astype(dt), p)
@@ -160,10 +183,10 @@ def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, kv_fn):
         k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    h = h + (attention(q, kv_fn(k, v), cfg).reshape(b * t, -1) @ p["wo"]).reshape(b, t, d)
+    h = h + (attend(q, k, v).reshape(b * t, -1) @ p["wo"]).reshape(b, t, d)
     x = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, d)
     h = h + ((jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]).reshape(b, t, d)
-    return h
+    return h, (k, v)
 
 
 # ------------------------------------------------------------------------------------------------ forward
@@ -199,7 +222,8 @@ def forward_hidden(
             attn_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
         def body(h, p):
-            return _layer(cfg, inv_freq, h, p, positions, lambda k, v: [(heads_first(k), heads_first(v), attn_mask, False)]), None
+            attend = lambda q, k, v: attention(q, [(heads_first(k), heads_first(v), attn_mask, False)], cfg)
+            return _layer(cfg, inv_freq, h, p, positions, attend)[0], None
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
@@ -217,16 +241,15 @@ def forward_hidden(
     chunk_mask = (idx[None, :, None] >= idx[None, None, :]) & mask[:, None, :]  # [B, T, T]
 
     def body(h, xs):
-        p, ck, cv = xs  # this layer's cache, read in place: the scan carries no cache
-        new = []
+        p, layer = xs  # the scan carries no cache: layer l's buffers are picked in place, the chunk written after
 
-        def kv_fn(k, v):
-            new.extend((k, v))
-            return [(ck, cv, cache_mask, True), (heads_first(k), heads_first(v), chunk_mask, False)]
+        def attend(q, k, v):
+            cached = (Picked(cache.k, layer), Picked(cache.v, layer), cache_mask, True)
+            return attention(q, [cached, (heads_first(k), heads_first(v), chunk_mask, False)], cfg)
 
-        return _layer(cfg, inv_freq, h, p, positions, kv_fn), tuple(new)
+        return _layer(cfg, inv_freq, h, p, positions, attend)
 
-    h, (k_new, v_new) = jax.lax.scan(body, h, (params["layers"], cache.k, cache.v))
+    h, (k_new, v_new) = jax.lax.scan(body, h, (params["layers"], jnp.arange(cfg.num_layers)))
     new_cache = kvc.write(cache, k_new, v_new, widx, n_valid)
     return rms_norm(h, params["final_norm"], cfg.rms_norm_eps), new_cache
 

@@ -1,4 +1,4 @@
-"""KV cache with a write position per row.
+"""KV cache with a write position per row, one buffer per layer.
 
 Rows of a search-agent batch receive observations of different lengths at different times, so each row keeps its own
 `lengths[b]`: the number of valid cache slots, which are always the contiguous prefix `[0, lengths[b])`. A chunk of T
@@ -6,15 +6,17 @@ tokens (a prompt, one decoded token, or a retrieved passage block) is written at
 where `n_b` is the row's number of valid chunk tokens; the cache index of a token is also its RoPE position.
 Writes past the capacity are dropped (never clamped onto valid slots); callers size the cache from their budgets.
 
-Layout. Keys are stored transposed, time last, values time-major:
+Layout: a tuple of per-layer arrays, keys transposed (time last), values time-major:
 
-    k  [layers, batch, kv_heads, head_dim, capacity]
-    v  [layers, batch, kv_heads, capacity, head_dim]
+    k[l]  [batch, kv_heads, head_dim, capacity]
+    v[l]  [batch, kv_heads, capacity, head_dim]
 
-A decode step's q·k then reduces over head_dim as a non-minor axis, which XLA:CPU vectorizes along time: 2.4x faster
-than reducing over a contiguous head_dim (0.98 vs 2.39 ms for one layer alone at batch 32 x 1,024 positions; 128-156
-vs 179-184 ms for 30 layers in the layer scan, which copies each layer's slice out first). p·v reduces over time
-either way.
+Per-layer buffers: the decoder's layer scan picks layer l's buffer by `lax.switch` (see `decoder.forward_hidden`), so
+attention reads it where it lies. A stacked [L, ...] cache is read through a dynamic slice, which XLA:CPU copies out
+before every dot: 30 layers of decode attention at batch 32 x 1,024 positions took 164 ms from a stacked cache and
+105 ms from per-layer buffers (one process, 2-core CPU).
+Transposed keys: a decode step's q·k then reduces over head_dim as a non-minor axis, which XLA:CPU vectorizes along
+time (0.98 vs 2.39 ms for one layer at batch 32 x 1,024 positions). p·v reduces over time either way.
 """
 
 from __future__ import annotations
@@ -28,41 +30,45 @@ from searchr2_jax.models.config import DecoderConfig
 
 
 class KVCache(NamedTuple):
-    k: jax.Array  # [L, B, K, hd, S]
-    v: jax.Array  # [L, B, K, S, hd]
+    k: tuple[jax.Array, ...]  # per layer [B, K, hd, S]
+    v: tuple[jax.Array, ...]  # per layer [B, K, S, hd]
     lengths: jax.Array  # [batch] int32: valid prefix of each row
 
     @property
     def capacity(self) -> int:
-        return self.v.shape[3]
+        return self.v[0].shape[2]
 
     @property
     def batch_size(self) -> int:
-        return self.v.shape[1]
+        return self.v[0].shape[0]
 
 
 def init_cache(cfg: DecoderConfig, batch_size: int, capacity: int, dtype=None) -> KVCache:
     dtype = dtype or cfg.jnp_dtype
-    shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
-    k_shape = shape[:3] + (cfg.head_dim, capacity)
-    return KVCache(jnp.zeros(k_shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch_size,), jnp.int32))
+    k_shape = (batch_size, cfg.num_kv_heads, cfg.head_dim, capacity)
+    v_shape = (batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
+    layers = range(cfg.num_layers)
+    return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in layers), tuple(jnp.zeros(v_shape, dtype) for _ in layers),
+                   jnp.zeros((batch_size,), jnp.int32))
 
 
 def take(cache: KVCache, rows: jax.Array | None, window: int) -> KVCache:
-    """Rows `rows` [n] (None: all) of a stacked cache, cut to its first `window` positions (a copy XLA fuses)."""
+    """Rows `rows` [n] (None: all) of a cache, cut to its first `window` positions (a copy XLA fuses)."""
     if rows is None:
-        return KVCache(cache.k[..., :window], cache.v[..., :window, :], cache.lengths)
-    return KVCache(cache.k[:, rows, :, :, :window], cache.v[:, rows, :, :window], cache.lengths[rows])
+        return KVCache(tuple(k[..., :window] for k in cache.k), tuple(v[..., :window, :] for v in cache.v),
+                       cache.lengths)
+    return KVCache(tuple(k[rows, :, :, :window] for k in cache.k), tuple(v[rows, :, :window] for v in cache.v),
+                   cache.lengths[rows])
 
 
 def put(cache: KVCache, rows: jax.Array | None, sub: KVCache) -> KVCache:
     """Writes a `take` back in place (donate the cache); row ids out of range are dropped."""
     window = sub.capacity
     if rows is None:
-        return KVCache(jax.lax.dynamic_update_slice(cache.k, sub.k, (0,) * 5),
-                       jax.lax.dynamic_update_slice(cache.v, sub.v, (0,) * 5), sub.lengths)
-    return KVCache(cache.k.at[:, rows, :, :, :window].set(sub.k, mode="drop"),
-                   cache.v.at[:, rows, :, :window].set(sub.v, mode="drop"),
+        at0 = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0,) * 4)
+        return KVCache(tuple(map(at0, cache.k, sub.k)), tuple(map(at0, cache.v, sub.v)), sub.lengths)
+    return KVCache(tuple(k.at[rows, :, :, :window].set(s, mode="drop") for k, s in zip(cache.k, sub.k)),
+                   tuple(v.at[rows, :, :window].set(s, mode="drop") for v, s in zip(cache.v, sub.v)),
                    cache.lengths.at[rows].set(sub.lengths, mode="drop"))
 
 
@@ -74,10 +80,10 @@ def write_indices(lengths: jax.Array, valid: jax.Array, capacity: int) -> jax.Ar
 
 
 def write(cache: KVCache, k_new: jax.Array, v_new: jax.Array, idx: jax.Array, n_valid: jax.Array) -> KVCache:
-    """Scatters every layer's chunk k/v [L, B, T, K, hd] into a stacked cache at row-wise indices [B, T] in one
-    update per array (in place when the cache is donated); the rows' lengths grow by `n_valid` [B]."""
+    """Scatters every layer's chunk k/v [L, B, T, K, hd] into the cache at row-wise indices [B, T] (in place when the
+    cache is donated); the rows' lengths grow by `n_valid` [B]."""
     b = jnp.arange(k_new.shape[1])[:, None]
-    # Advanced indices split by slices put their dims first: both updates are laid out [B, T, L, K, hd].
-    put_ = lambda x, new, at: x.at[at].set(new.transpose(1, 2, 0, 3, 4).astype(x.dtype), mode="drop")
-    return KVCache(put_(cache.k, k_new, (slice(None), b, slice(None), slice(None), idx)),
-                   put_(cache.v, v_new, (slice(None), b, slice(None), idx)), cache.lengths + n_valid)
+    # Advanced indices split by slices put their dims first: both updates are laid out [B, T, K, hd].
+    k = tuple(x.at[b, :, :, idx].set(new.astype(x.dtype), mode="drop") for x, new in zip(cache.k, k_new))
+    v = tuple(x.at[b, :, idx].set(new.astype(x.dtype), mode="drop") for x, new in zip(cache.v, v_new))
+    return KVCache(k, v, cache.lengths + n_valid)

@@ -201,16 +201,16 @@ def batch_sharding(mesh: Mesh, shape_or_ndim: int | Sequence[int] = 2) -> NamedS
 
 
 def cache_specs(cfg: DecoderConfig, mesh: Mesh, batch_size: int, capacity: int) -> kvc.KVCache:
-    """KVCache of specs: [L, B, K, ...] (see `kv_cache`) with B over data/fsdp and the kv heads over tensor where they
-    divide; the last two axes (time, head_dim, in either order) are not split."""
-    shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
-    kv = fit_spec(P(None, BATCH_AXES, "tensor", None, None), shape, mesh)
+    """KVCache of specs: per layer [B, K, ...] (see `kv_cache`) with B over data/fsdp and the kv heads over tensor
+    where they divide; the last two axes (time, head_dim, in either order) are not split."""
+    shape = (batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
+    kv = (fit_spec(P(BATCH_AXES, "tensor", None, None), shape, mesh),) * cfg.num_layers
     return kvc.KVCache(kv, kv, fit_spec(P(BATCH_AXES), (batch_size,), mesh))
 
 
 def cache_shardings(cfg: DecoderConfig, mesh: Mesh, batch_size: int, capacity: int) -> kvc.KVCache:
     specs = cache_specs(cfg, mesh, batch_size, capacity)
-    return kvc.KVCache(*(NamedSharding(mesh, s) for s in specs))
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def init_cache_sharded(cfg: DecoderConfig, mesh: Mesh, batch_size: int, capacity: int, dtype=None) -> kvc.KVCache:

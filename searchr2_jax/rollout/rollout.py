@@ -248,10 +248,14 @@ class RolloutEngine:
                     rows.append(b)
                     items.append((b, ids[prefix[0]:], False, True, False))
         if rows:
-            padded = np.full((T.bucket(len(rows), minimum=1),), self.config.slots, np.int32)
-            padded[:len(rows)] = rows
-            state = sampler.seed_rows(state, padded, prefix[1])
+            state = sampler.seed_rows(state, self._rows(rows), prefix[1])
         return state, items
+
+    def _rows(self, ids, minimum: int = 1) -> np.ndarray:
+        """Slot ids padded to a bucketed count with B: the pads point past the slots and device calls drop them."""
+        rows = np.full((T.bucket(len(ids), minimum=minimum),), self.config.slots, np.int32)
+        rows[:len(ids)] = ids
+        return rows
 
     def _segment(self, lengths, status):
         """What the next decode segment works on: the running slots, bucketed (None: all of them), the attention
@@ -264,11 +268,9 @@ class RolloutEngine:
         running = np.flatnonzero(status == sampler.RUNNING).astype(np.int32)
         window = sampler.attention_window(lengths[running], c.segment_steps, self.capacity)
         exit_stops = np.int32(max(1, int(np.ceil(c.segment_exit_share * len(running)))))
-        n = T.bucket(len(running), minimum=max(1, B // 8))
-        if self.mesh is not None or n >= B:
+        rows = self._rows(running, minimum=max(1, B // 8))
+        if self.mesh is not None or len(rows) >= B:
             return None, window, exit_stops
-        rows = np.full((n,), B, np.int32)  # pads point past the slots and are dropped
-        rows[:len(running)] = running
         return rows, window, exit_stops
 
     def _append(self, params, state, items, run: bool = True, chunk_len: int | None = None):
@@ -306,11 +308,10 @@ class RolloutEngine:
 
     def _truncate(self, state, revise):
         """Cuts revised slots back to their kept prefix (bucketed row count, pads dropped)."""
-        n = T.bucket(len(revise), minimum=1)
-        arr = np.full((3, n), self.config.slots, np.int32)
-        for r, (b, keep_resp, keep_cache, _) in enumerate(revise):
-            arr[:, r] = (b, keep_resp, keep_cache)
-        return sampler.truncate_rows(state, *arr)
+        rows = self._rows([b for b, _, _, _ in revise])
+        lengths = np.zeros((2, len(rows)), np.int32)  # the pads' lengths are dropped with them
+        lengths[:, :len(revise)] = [[r for _, r, _, _ in revise], [c for _, _, c, _ in revise]]
+        return sampler.truncate_rows(state, rows, *lengths)
 
     def _close_turn(self, slot: _Slot, tokens, length, status, kind, searches, finished, pending, b):
         """Classifies the turn a stopped slot just ended."""
@@ -454,11 +455,8 @@ class RolloutEngine:
         state = self._append(params, state, [(b, refiner.followup_ids(t), False, False, False)
                                              for b, t in zip(rows, num_steps)], run=False,
                              chunk_len=refiner.max_followup_len)
-        n = T.bucket(len(rows), minimum=1)
-        padded = np.zeros((n,), np.int32)
-        padded[:len(rows)] = rows
         cands = np.asarray([c[0] for c in refiner.candidate_ids], np.int32)
-        lp = np.asarray(jax.device_get(sampler.next_token_logprobs(state, padded, cands)))[:len(rows)]
+        lp = np.asarray(jax.device_get(sampler.next_token_logprobs(state, self._rows(rows), cands)))[:len(rows)]
         return state, refiner.own_steps(lp, num_steps)
 
     def _reprefill(self, params, state, slots, pending):

@@ -227,8 +227,8 @@ def seed_rows(state: SlotState, rows, prefix: kvc.KVCache) -> SlotState:
     """Starts slots `rows` [n] (pads >= B dropped) from a shared prefix's cache (`encode_prefix`): their caches hold
     the prefix and nothing else, so a prompt that begins with it is appended from there on."""
     n = rows.shape[0]
-    grow = lambda x: jnp.broadcast_to(x, x.shape[:1] + (n,) + x.shape[2:])
-    sub = kvc.KVCache(grow(prefix.k), grow(prefix.v), jnp.broadcast_to(prefix.lengths, (n,)))
+    grow = lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:])
+    sub = jax.tree.map(grow, prefix)
     return state._replace(cache=kvc.put(state.cache, rows, sub))
 
 

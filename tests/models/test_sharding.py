@@ -80,8 +80,8 @@ def test_rule_table_specs_and_fallbacks():
     assert specs["lm_head"] == P("fsdp")
     assert specs["value_head"] == {"w": P(), "b": P()}
     cache = sh.cache_specs(odd, mesh, batch_size=8, capacity=16)
-    assert cache.k == P(None, ("data", "fsdp"))
-    assert sh.cache_specs(CFG, mesh, 8, 16).k == P(None, ("data", "fsdp"), "tensor")
+    assert len(cache.k) == odd.num_layers and cache.k[0] == P(("data", "fsdp"))
+    assert sh.cache_specs(CFG, mesh, 8, 16).k[0] == P(("data", "fsdp"), "tensor")
     # A multi-axis entry keeps its longest dividing prefix: batch 2 goes over data only; batch 3 is replicated.
     assert sh.batch_spec(mesh, (2, 5)) == P(("data",))
     assert sh.batch_spec(mesh, (3, 5)) == P()
@@ -129,7 +129,7 @@ def test_sharded_forward_and_cached_decode_match_unsharded(shape, reference):
     cap = 16
     c_sh = sh.cache_shardings(CFG, mesh, B, cap)
     cache = sh.init_cache_sharded(CFG, mesh, B, cap)
-    assert cache.k.sharding.spec == c_sh.k.spec and sh.is_sharded(cache.k)
+    assert cache.k[0].sharding.spec == c_sh.k[0].spec and sh.is_sharded(cache.k[0])
     prompt_len = np.array([8, 5, 7, 3, 8, 6, 4, 2])
     mask = jnp.arange(8)[None, :] < prompt_len[:, None]
     last_sh = NamedSharding(mesh, P(sh.BATCH_AXES))
@@ -143,7 +143,7 @@ def test_sharded_forward_and_cached_decode_match_unsharded(shape, reference):
     for _ in range(4):
         tok = tokens[np.arange(B), pos][:, None]
         logits, cache = step(sharded, jax.device_put(tok, tok_sh), cache)
-        assert cache.k.sharding.spec == c_sh.k.spec
+        assert cache.k[0].sharding.spec == c_sh.k[0].spec
         np.testing.assert_allclose(np.asarray(logits[:, 0]), full[np.arange(B), pos], atol=1e-5, rtol=0)
         pos += 1
     np.testing.assert_array_equal(np.asarray(cache.lengths), pos)

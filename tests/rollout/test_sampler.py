@@ -127,13 +127,15 @@ def test_decoding_a_subset_of_slots_equals_decoding_all_and_leaves_the_rest_unto
         np.testing.assert_allclose(sub.logprobs[b], full.logprobs[b], rtol=1e-5)
         assert sub.cache.lengths[b] == full.cache.lengths[b] and sub.status[b] == full.status[b]
         n = int(full.cache.lengths[b])
-        np.testing.assert_allclose(sub.cache.k[:, b, ..., :n], full.cache.k[:, b, ..., :n], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(sub.cache.v[:, b, :, :n], full.cache.v[:, b, :, :n], rtol=1e-5, atol=1e-6)
+        for got, want in zip(sub.cache.k, full.cache.k):
+            np.testing.assert_allclose(got[b, ..., :n], want[b, ..., :n], rtol=1e-5, atol=1e-6)
+        for got, want in zip(sub.cache.v, full.cache.v):
+            np.testing.assert_allclose(got[b, :, :n], want[b, :, :n], rtol=1e-5, atol=1e-6)
     for b in (0, 2):  # not decoded: exactly as they were
         for name in ("tokens", "length", "status", "next_logits"):
             np.testing.assert_array_equal(getattr(sub, name)[b], getattr(before, name)[b])
-        np.testing.assert_array_equal(sub.cache.k[:, b], before.cache.k[:, b])
-        np.testing.assert_array_equal(sub.cache.v[:, b], before.cache.v[:, b])
+        np.testing.assert_array_equal(np.stack(sub.cache.k)[:, b], np.stack(before.cache.k)[:, b])
+        np.testing.assert_array_equal(np.stack(sub.cache.v)[:, b], np.stack(before.cache.v)[:, b])
         assert sub.cache.lengths[b] == before.cache.lengths[b]
 
 
@@ -161,5 +163,5 @@ def test_windowed_append_equals_an_append_over_the_whole_cache():
     whole, windowed = jax.device_get((whole, windowed))
     np.testing.assert_allclose(windowed.next_logits, whole.next_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(windowed.cache.lengths, whole.cache.lengths)
-    np.testing.assert_allclose(windowed.cache.k, whole.cache.k, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(windowed.cache.v, whole.cache.v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(windowed.cache.k), np.stack(whole.cache.k), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(windowed.cache.v), np.stack(whole.cache.v), rtol=1e-5, atol=1e-6)
