@@ -109,7 +109,7 @@ def run(quick: bool = False) -> dict:
     jobs = make_jobs(world.splits["dev"][:n], tokenizer, chat=True)
     key = jax.random.key(0)
     jitted = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs,
-              sampler.seed_rows, sampler.encode_prefix, sampler.grow_cache]
+              sampler.seed_rows, sampler.encode_prefix]
     compiles = [0]
 
     def engine(prompt):

@@ -53,10 +53,7 @@ def init_cache(cfg: DecoderConfig, batch_size: int, capacity: int, dtype=None) -
 
 
 def take(cache: KVCache, rows: jax.Array | None, window: int) -> KVCache:
-    """Rows `rows` [n] (None: all) of a cache, cut to its first `window` positions (a copy; none for all rows and
-    the whole capacity)."""
-    if rows is None and window >= cache.capacity:
-        return cache
+    """Rows `rows` [n] (None: all) of a cache, cut to its first `window` positions (a copy XLA fuses)."""
     if rows is None:
         return KVCache(tuple(k[..., :window] for k in cache.k), tuple(v[..., :window, :] for v in cache.v),
                        cache.lengths)
@@ -67,24 +64,12 @@ def take(cache: KVCache, rows: jax.Array | None, window: int) -> KVCache:
 def put(cache: KVCache, rows: jax.Array | None, sub: KVCache) -> KVCache:
     """Writes a `take` back in place (donate the cache); row ids out of range are dropped."""
     window = sub.capacity
-    if rows is None and window == cache.capacity:
-        return sub
     if rows is None:
         at0 = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0,) * 4)
         return KVCache(tuple(map(at0, cache.k, sub.k)), tuple(map(at0, cache.v, sub.v)), sub.lengths)
     return KVCache(tuple(k.at[rows, :, :, :window].set(s, mode="drop") for k, s in zip(cache.k, sub.k)),
                    tuple(v.at[rows, :, :window].set(s, mode="drop") for v, s in zip(cache.v, sub.v)),
                    cache.lengths.at[rows].set(sub.lengths, mode="drop"))
-
-
-def grow(cache: KVCache, capacity: int) -> KVCache:
-    """The cache with room for `capacity` positions (the new ones empty); rows and lengths unchanged."""
-    pad = capacity - cache.capacity
-    if pad < 0:
-        raise ValueError(f"cannot grow a cache of capacity {cache.capacity} to {capacity}")
-    grow_k = lambda k: jnp.pad(k, ((0, 0), (0, 0), (0, 0), (0, pad)))
-    grow_v = lambda v: jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0)))
-    return KVCache(tuple(map(grow_k, cache.k)), tuple(map(grow_v, cache.v)), cache.lengths)
 
 
 def write_indices(lengths: jax.Array, valid: jax.Array, capacity: int) -> jax.Array:

@@ -141,8 +141,9 @@ class RolloutEngine:
         sp = sampler.sampling_params(0.0 if greedy else c.temperature, c.top_p)
         rng, host_key = jax.random.split(rng)
         host_rng = np.random.default_rng(int(jax.random.randint(host_key, (), 0, 2**31 - 1)))
-        # The cache starts small and grows with the longest slot (`_reserve`), up to `self.capacity`.
-        state = self._place(sampler.init_slots(self.cfg, B, sampler.attention_window(np.zeros(1), 0, self.capacity), R))
+        state = sampler.init_slots(self.cfg, B, self.capacity, R)
+        if self.mesh is not None:  # slots split over data x fsdp like any batch, kv heads over tensor
+            state = jax.device_put(state, self._slot_shardings(state))
         out: list[T.Trajectory | None] = [None] * len(jobs)
         queue = collections.deque()
         for i, job in enumerate(jobs):
@@ -166,9 +167,6 @@ class RolloutEngine:
             rng, key = jax.random.split(rng)
             lengths, status = jax.device_get((state.cache.lengths, state.status))
             rows, window, exit_stops = self._segment(lengths, status)
-            state = self._reserve(state, window)
-            if rows is None:
-                window = None  # every slot: the whole cache, read in place (it grew to `window`)
             state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps, key,
                                                   window, rows, exit_stops)
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
@@ -205,24 +203,12 @@ class RolloutEngine:
         device_s += m["refiner_score_s"]
         return RolloutOutput(list(out), self._metrics(out, m, wall, device_s))
 
-    def _place(self, state):
-        """With a mesh: slots split over data x fsdp like any batch, kv heads over tensor."""
-        if self.mesh is None:
-            return state
+    def _slot_shardings(self, state):
         from searchr2_jax.models import sharding
 
         rows = lambda x: sharding.batch_sharding(self.mesh, x.shape)
-        cache = sharding.cache_shardings(self.cfg, self.mesh, self.config.slots, state.cache.capacity)
-        shardings = state._replace(cache=cache, **{k: rows(v) for k, v in state._asdict().items() if k != "cache"})
-        return jax.device_put(state, shardings)
-
-    def _reserve(self, state, window: int):
-        """Grows the cache, a bucket at a time (so the grown shapes are the same in every rollout), until it holds
-        `window` positions."""
-        while state.cache.capacity < window:
-            capacity = min(self.capacity, T.bucket(state.cache.capacity + 1, minimum=128, fine=True))
-            state = self._place(sampler.grow_cache(state, capacity))
-        return state
+        cache = sharding.cache_shardings(self.cfg, self.mesh, self.config.slots, self.capacity)
+        return state._replace(cache=cache, **{k: rows(v) for k, v in state._asdict().items() if k != "cache"})
 
     # ---------------------------------------------------------------------------------------------- steps
 
@@ -262,7 +248,6 @@ class RolloutEngine:
                     rows.append(b)
                     items.append((b, ids[prefix[0]:], False, True, False))
         if rows:
-            state = self._reserve(state, prefix[1].capacity)
             state = sampler.seed_rows(state, self._rows(rows), prefix[1])
         return state, items
 
@@ -319,7 +304,6 @@ class RolloutEngine:
             flags[:, r] = (reset, clear, gen, run)
             ends.append((0 if reset else int(lengths[b])) + len(ids))
         window = sampler.attention_window(np.asarray(ends), 0, self.capacity)
-        state = self._reserve(state, window)
         return sampler.append_rows(self.cfg, params, state, rows, chunk, valid, *flags, window=window)
 
     def _truncate(self, state, revise):

@@ -11,8 +11,7 @@ orchestrator (`rollout.py`) decides what to append and when, and reads the statu
   (the running ones); a row stops the moment its response ends with a stop sequence (matched on ids), its response
   buffer or cache is full, or it hits EOS. The loop exits when no row is running (or enough have stopped), so the
   host only syncs once per segment.
-- Both read only the cache prefix their rows can reach (`attention_window`), through `take_rows`/`put_rows`; the
-  host grows the cache as its longest slot needs (`grow_cache`), so a call over every slot reads it in place.
+- Both read only the cache prefix their rows can reach (`attention_window`), through `take_rows`/`put_rows`.
 """
 
 from __future__ import annotations
@@ -172,15 +171,6 @@ def put_rows(state: SlotState, rows, sub: SlotState) -> SlotState:
     rest = jax.tree.map(lambda full, part: full.at[rows].set(part, mode="drop"), state._replace(cache=None),
                         sub._replace(cache=None))
     return rest._replace(cache=cache)
-
-
-@functools.partial(jax.jit, static_argnums=1)  # nothing to donate: every cache buffer changes shape
-def grow_cache(state: SlotState, capacity: int) -> SlotState:
-    """The slot state with its cache grown to `capacity` positions. A rollout starts with a small cache and grows it
-    in buckets as its longest slot needs (`attention_window`), so a call over every slot reads the cache in place:
-    cutting a window out of a larger cache is a copy (XLA:CPU: 0.5 s per decode segment at 32 slots x 1,024 of
-    1,382 positions, as long as 4 decode steps)."""
-    return state._replace(cache=kvc.grow(state.cache, capacity))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnums=2)

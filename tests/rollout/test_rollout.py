@@ -218,7 +218,7 @@ def test_forced_revision_rate_for_benchmarks():
 def test_no_recompilation_after_warmup(head):
     eng, params = engine(refiner=True, refiner_choice="2", min_shared_prefix=2)
     fns = [sampler.decode_segment, sampler.append_rows, sampler.truncate_rows, sampler.next_token_logprobs,
-           sampler.seed_rows, sampler.encode_prefix, sampler.grow_cache]
+           sampler.seed_rows, sampler.encode_prefix]
     run = lambda batch, seed: eng.run(params, jobs(*[head + p for p in batch]), jax.random.key(seed))
     batches = [("go", "bad", "loop", "go go"), ("go go go", "go", "bad bad", "go"), ("go", "go", "go", "bad")]
     for b in batches:  # warm-up: every bucket these shapes reach

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from searchr2_jax.models import decoder
 from searchr2_jax.models.config import DecoderConfig
@@ -151,21 +150,6 @@ def test_segment_ends_once_enough_rows_have_stopped():
     assert int(state.status[0]) == sampler.STOP_SEQUENCE and int(state.status[1]) == sampler.RUNNING
     state, steps = sampler.decode_segment(CFG, PARAMS, state, stops, GREEDY, 10, jax.random.key(0))
     assert int(steps) == 10 and int(state.length[1]) == 12  # without exit_stops: the full segment
-
-
-def test_a_grown_cache_decodes_as_the_large_one():
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
-    stops = sampler.make_stop_table([([CFG.vocab_size + 1], 2)])
-    large, _ = sampler.decode_segment(CFG, PARAMS, _start(prompts, cap=64), stops, GREEDY, 12, jax.random.key(0))
-    grown = sampler.grow_cache(_start(prompts, cap=8), 64)
-    assert grown.cache.capacity == 64
-    grown, _ = sampler.decode_segment(CFG, PARAMS, grown, stops, GREEDY, 12, jax.random.key(0))
-    large, grown = jax.device_get((large, grown))
-    np.testing.assert_array_equal(grown.tokens, large.tokens)
-    np.testing.assert_array_equal(grown.cache.lengths, large.cache.lengths)
-    np.testing.assert_allclose(np.stack(grown.cache.k), np.stack(large.cache.k), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="cannot grow"):
-        sampler.grow_cache(grown, 32)
 
 
 def test_windowed_append_equals_an_append_over_the_whole_cache():
