@@ -127,10 +127,10 @@ def test_decoding_a_subset_of_slots_equals_decoding_all_and_leaves_the_rest_unto
         np.testing.assert_allclose(sub.logprobs[b], full.logprobs[b], rtol=1e-5)
         assert sub.cache.lengths[b] == full.cache.lengths[b] and sub.status[b] == full.status[b]
         n = int(full.cache.lengths[b])
-        for got, want in zip(sub.cache.k, full.cache.k):
-            np.testing.assert_allclose(got[b, ..., :n], want[b, ..., :n], rtol=1e-5, atol=1e-6)
-        for got, want in zip(sub.cache.v, full.cache.v):
-            np.testing.assert_allclose(got[b, :, :n], want[b, :, :n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.stack(sub.cache.k)[:, b, ..., :n], np.stack(full.cache.k)[:, b, ..., :n],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.stack(sub.cache.v)[:, b, :, :n], np.stack(full.cache.v)[:, b, :, :n],
+                                   rtol=1e-5, atol=1e-6)
     for b in (0, 2):  # not decoded: exactly as they were
         for name in ("tokens", "length", "status", "next_logits"):
             np.testing.assert_array_equal(getattr(sub, name)[b], getattr(before, name)[b])
