@@ -124,6 +124,9 @@ def run(quick: bool = False) -> dict:
         out = eng.run(params, jobs, key, **kw)
         dt = time.perf_counter() - t0
         compiles[0] += sum(f._cache_size() for f in jitted) - before
+        # XLA:CPU maps memory for every compiled kernel: the four configurations' programs together came to about
+        # 50,000 of the 65,530 maps a process may hold (vm.max_map_count), so each one's are freed before the next.
+        jax.clear_caches()
         return out, dt
 
     followup = engine("followup")
