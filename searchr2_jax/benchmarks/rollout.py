@@ -124,7 +124,7 @@ def run(quick: bool = False) -> dict:
         out = eng.run(params, jobs, key, **kw)
         dt = time.perf_counter() - t0
         compiles[0] += sum(f._cache_size() for f in jitted) - before
-        # XLA:CPU maps memory for every compiled kernel: kept together, the four configurations. programs reached
+        # XLA:CPU maps memory for every compiled kernel: kept together, the four configurations' programs reached
         # the 65,530 maps a process may hold (vm.max_map_count) and the suite aborted; freed, the peak was 34,010.
         jax.clear_caches()
         return out, dt
