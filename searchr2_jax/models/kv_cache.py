@@ -61,15 +61,23 @@ def take(cache: KVCache, rows: jax.Array | None, window: int) -> KVCache:
                    cache.lengths[rows])
 
 
-def put(cache: KVCache, rows: jax.Array | None, sub: KVCache) -> KVCache:
-    """Writes a `take` back in place (donate the cache); row ids out of range are dropped."""
-    window = sub.capacity
-    if rows is None:
-        at0 = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0,) * 4)
-        return KVCache(tuple(map(at0, cache.k, sub.k)), tuple(map(at0, cache.v, sub.v)), sub.lengths)
-    return KVCache(tuple(k.at[rows, :, :, :window].set(s, mode="drop") for k, s in zip(cache.k, sub.k)),
-                   tuple(v.at[rows, :, :window].set(s, mode="drop") for v, s in zip(cache.v, sub.v)),
-                   cache.lengths.at[rows].set(sub.lengths, mode="drop"))
+def put(cache: KVCache, rows: jax.Array | None, sub: KVCache, start: jax.Array, span: int) -> KVCache:
+    """Writes back what a call on a `take` added: each row's positions `[start[r], sub.lengths[r])`, at most `span`
+    (static) of them, in place (donate the cache); row ids out of range are dropped. The rest of the window is
+    unchanged, and writing it back too cost as much as cutting it out: about 0.25 s for 32 slots x 1,024 positions."""
+    if rows is None and sub.capacity == cache.capacity:
+        return sub  # the call ran on the cache itself
+    n = sub.lengths.shape[0]
+    rows = jnp.arange(n) if rows is None else rows
+    idx = start[:, None] + jnp.arange(span, dtype=jnp.int32)[None, :]  # [n, span]
+    keep = (idx < sub.lengths[:, None]) & (idx < sub.capacity)
+    src = jnp.minimum(idx, sub.capacity - 1)
+    dst = jnp.where(keep, idx, cache.capacity)  # out of range: dropped
+    r, i = rows[:, None], jnp.arange(n)[:, None]
+    # Advanced indices split by slices put their dims first: both sides are laid out [n, span, K, hd].
+    k = tuple(x.at[r, :, :, dst].set(s[i, :, :, src], mode="drop") for x, s in zip(cache.k, sub.k))
+    v = tuple(x.at[r, :, dst].set(s[i, :, src], mode="drop") for x, s in zip(cache.v, sub.v))
+    return KVCache(k, v, cache.lengths.at[rows].set(sub.lengths, mode="drop"))
 
 
 def write_indices(lengths: jax.Array, valid: jax.Array, capacity: int) -> jax.Array:

@@ -90,6 +90,34 @@ def call_with_timeout(fn: Callable, timeout_s: float, *args):
     return box["value"]
 
 
+# A chunk append's fixed cost in padded chunk tokens: a call took about 0.08 s more than its tokens, which cost about
+# 1.5 ms each (least squares over one base rollout's 44 appends, 2-core CPU).
+APPEND_CALL_TOKENS = 48
+
+
+def append_groups(sizes: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Splits chunks of `sizes` tokens (longest first) into append calls: (start, end, rows) per call, where `rows`
+    (a power of two >= end - start) is its row bucket and its chunk is padded to `bucket(sizes[start], fine=True)`.
+    The split minimizes the padded tokens plus `APPEND_CALL_TOKENS` per call (dynamic programming over the sorted
+    sizes). Observations vary from a 20-token invalid-action message to a 256-token passage block: one call for 8 of
+    them padded 41,520 tokens where 27,090 were real (one base rollout)."""
+    n = len(sizes)
+    best = [(0.0, n, 0)] * (n + 1)  # best[i]: (cost of items i.., end of the first call, its rows)
+    for i in reversed(range(n)):
+        C = T.bucket(sizes[i], minimum=1, fine=True)
+        options = []
+        for j in range(i + 1, n + 1):
+            rows = T.bucket(j - i, minimum=1)
+            options.append((APPEND_CALL_TOKENS + rows * C + best[j][0], j, rows))
+        best[i] = min(options)
+    out, i = [], 0
+    while i < n:
+        _, j, rows = best[i]
+        out.append((i, j, rows))
+        i = j
+    return out
+
+
 @dataclasses.dataclass
 class _Slot:
     job_index: int
@@ -277,22 +305,20 @@ class RolloutEngine:
         """`append_rows` for (slot, ids, reset_cache, clear_response, generated) items; the slots then run (decode on)
         or, with `run=False`, stay idle (their next-token logits are only read).
 
-        The items, longest first, go in groups of power-of-two sizes (25 rows: 16 + 8 + 1), each padded to its own
-        longest chunk (bucketed; or to `chunk_len`, for chunks whose lengths are known ahead): prefill is
-        compute-bound, and padding 25 rows to 32, every chunk to the longest of all, cost up to twice the tokens.
+        Prefill is compute-bound, so the items go in the groups that pad the fewest tokens (`append_groups`), each
+        padded to its own longest chunk (bucketed; or to `chunk_len`, for chunks whose lengths are known ahead).
         The slots' cache lengths size each group's attention window."""
         lengths = jax.device_get(state.cache.lengths)
         items = sorted(items, key=lambda it: -len(it[1]))
-        i = 0
-        for n in (1 << k for k in reversed(range(len(items).bit_length())) if len(items) >> k & 1):
-            C = chunk_len or T.bucket(len(items[i][1]), minimum=1, fine=True)
-            state = self._append_group(params, state, items[i:i + n], run, lengths, C)
-            i += n
+        sizes = [chunk_len or len(it[1]) for it in items]
+        for i, j, n in append_groups(sizes):
+            C = chunk_len or T.bucket(sizes[i], minimum=1, fine=True)
+            state = self._append_group(params, state, items[i:j], run, lengths, C, n)
         return state
 
-    def _append_group(self, params, state, items, run, lengths, C):
-        n = len(items)
-        rows = np.zeros((n,), np.int32)
+    def _append_group(self, params, state, items, run, lengths, C, n):
+        """One `append_rows` call: `items` in `n` rows (the rest pad the bucket), chunks padded to C tokens."""
+        rows = np.full((n,), self.config.slots, np.int32)
         chunk = np.zeros((n, C), np.int32)
         valid = np.zeros((n, C), bool)
         flags = np.zeros((4, n), bool)

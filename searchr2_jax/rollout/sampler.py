@@ -163,9 +163,10 @@ def take_rows(state: SlotState, rows, window: int) -> SlotState:
     return sub._replace(cache=kvc.take(state.cache, take, window), status=jnp.where(rows < B, sub.status, IDLE))
 
 
-def put_rows(state: SlotState, rows, sub: SlotState) -> SlotState:
-    """Writes a `take_rows` sub-state back in place (the state is donated); pad ids are dropped."""
-    cache = kvc.put(state.cache, rows, sub.cache)
+def put_rows(state: SlotState, rows, sub: SlotState, start, span: int) -> SlotState:
+    """Writes a `take_rows` sub-state back in place (the state is donated); pad ids are dropped. Of the cache, only
+    what the call added is written: at most `span` positions per row from `start` [n] (see `kvc.put`)."""
+    cache = kvc.put(state.cache, rows, sub.cache, start, span)
     if rows is None:
         return sub._replace(cache=cache)
     rest = jax.tree.map(lambda full, part: full.at[rows].set(part, mode="drop"), state._replace(cache=None),
@@ -188,6 +189,7 @@ def append_rows(cfg: DecoderConfig, params, state: SlotState, rows, chunk, valid
     B, R = state.tokens.shape
     sub = take_rows(state, rows, state.cache.capacity if window is None else window)
     cache = sub.cache._replace(lengths=jnp.where(reset_cache, 0, sub.cache.lengths))
+    start = cache.lengths
     hidden, cache = decoder.forward_hidden(cfg, params, chunk, mask=valid, cache=cache)
     n_valid = valid.sum(axis=1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, jnp.maximum(n_valid - 1, 0)[:, None, None], axis=1)[:, 0]
@@ -212,7 +214,7 @@ def append_rows(cfg: DecoderConfig, params, state: SlotState, rows, chunk, valid
         status=jnp.where(run, RUNNING, IDLE).astype(jnp.int32),
         stop_kind=jnp.full(rows.shape, -1, jnp.int32),
     )
-    return put_rows(state, rows, sub)
+    return put_rows(state, rows, sub, start, chunk.shape[1])
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -229,7 +231,7 @@ def seed_rows(state: SlotState, rows, prefix: kvc.KVCache) -> SlotState:
     n = rows.shape[0]
     grow = lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:])
     sub = jax.tree.map(grow, prefix)
-    return state._replace(cache=kvc.put(state.cache, rows, sub))
+    return state._replace(cache=kvc.put(state.cache, rows, sub, jnp.zeros((n,), jnp.int32), prefix.capacity))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 7), donate_argnums=2)
@@ -251,6 +253,7 @@ def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTabl
     window = cap if window is None else min(window, cap)
     slot_ids = jnp.arange(B) if rows is None else rows
     sub = take_rows(state, rows, window)
+    start = sub.cache.lengths
     started = sub.status == RUNNING
     exit_stops = B + 1 if exit_stops is None else exit_stops
 
@@ -283,7 +286,7 @@ def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTabl
         return state, step + 1, rng
 
     sub, steps, _ = jax.lax.while_loop(cond, body, (sub, jnp.int32(0), rng))
-    return put_rows(state, rows, sub), steps
+    return put_rows(state, rows, sub, start, max_steps), steps
 
 
 @jax.jit
