@@ -280,3 +280,25 @@ def test_shared_prompt_prefix_is_encoded_once_and_changes_nothing():
     length, cache = eng._shared_prefix(params, jobs(*prompts))
     assert length == 18 and int(cache.lengths[0]) == 18
     assert eng._shared_prefix(params, jobs(f"{head} go", "go")) is None  # shorter than min_shared_prefix
+
+
+def test_append_groups_cover_the_chunks_in_order_at_the_least_padded_cost():
+    cost = lambda sizes, groups: sum(rollout_lib.APPEND_CALL_TOKENS + n * T.bucket(sizes[i], minimum=1, fine=True)
+                                     for i, _, n in groups)
+
+    def brute(sizes):  # every split into consecutive calls
+        if not sizes:
+            return 0
+        C = T.bucket(sizes[0], minimum=1, fine=True)
+        return min(rollout_lib.APPEND_CALL_TOKENS + T.bucket(j, minimum=1) * C + brute(sizes[j:])
+                   for j in range(1, len(sizes) + 1))
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        sizes = sorted(rng.integers(1, 300, size=rng.integers(1, 9)).tolist(), reverse=True)
+        groups = rollout_lib.append_groups(sizes)
+        assert [i for i, _, _ in groups] == [0] + [j for _, j, _ in groups[:-1]] and groups[-1][1] == len(sizes)
+        assert all(n >= j - i and n & (n - 1) == 0 for i, j, n in groups)
+        assert cost(sizes, groups) == brute(sizes)
+    # One long observation among short ones gets a call of its own instead of padding the others to its length.
+    assert rollout_lib.append_groups([256, 20, 20, 20]) == [(0, 1, 1), (1, 4, 4)]
