@@ -10,8 +10,9 @@ any other prompt-in/text-out use (the LLM judge). The loop, host side, in plain 
         for slots that stopped: parse the turn;
             </search> -> query;  </answer> -> finished;  anything else -> invalid-action message
         one retrieval call for all queries -> <information> blocks, appended to each slot's cache as a chunk
-        finished slots -> Meta-Refiner (batched): its follow-up prompt is appended to each slot's cache and the
-            candidates are read from the next-token logits (the trajectory itself is never re-encoded);
+        finished slots -> Meta-Refiner (batched): its follow-up prompt is appended to each slot's cache, in the
+            same calls as the information blocks, and the candidates are read from the next-token logits (the
+            trajectory itself is never re-encoded);
             accept -> record, free the slot; revise at step j -> cut the slot back to the end of turn j-1
             in place (no re-prefill) and let the Actor continue
         free slots take the next jobs (continuous batching)
@@ -213,8 +214,12 @@ class RolloutEngine:
             self._retrieve(slots, searches, finished, pending, m)
             pending = self._fit_observations(slots, pending, length, finished)
             if finished:
-                state, done, revise = self._refine(params, refiner_params, refiner, state, slots, finished, host,
-                                                   length, host_rng, m)
+                # The observations ride in the follow-ups' append (one set of calls, not two); the baseline keeps
+                # them pending, for `_reprefill`.
+                ride = [] if reprefill else pending
+                state, done, revise, ride = self._refine(params, refiner_params, refiner, state, slots, finished,
+                                                         host, length, host_rng, m, ride)
+                pending = pending if reprefill else ride
                 if revise:
                     state = self._truncate(state, revise)
                     pending += [(b, ids, False, False, gen) for b, _, _, (ids, gen) in revise]
@@ -296,27 +301,25 @@ class RolloutEngine:
         running = np.flatnonzero(status == sampler.RUNNING).astype(np.int32)
         window = sampler.attention_window(lengths[running], c.segment_steps, self.capacity)
         exit_stops = np.int32(max(1, int(np.ceil(c.segment_exit_share * len(running)))))
-        rows = self._rows(running, minimum=max(1, B // 8))
+        rows = self._rows(running)
         if self.mesh is not None or len(rows) >= B:
             return None, window, exit_stops
         return rows, window, exit_stops
 
-    def _append(self, params, state, items, run: bool = True, chunk_len: int | None = None):
+    def _append(self, params, state, items, idle=frozenset()):
         """`append_rows` for (slot, ids, reset_cache, clear_response, generated) items; the slots then run (decode on)
-        or, with `run=False`, stay idle (their next-token logits are only read).
+        or, those in `idle`, stay idle (their next-token logits are only read: the refiner's follow-ups).
 
         Prefill is compute-bound, so the items go in the groups that pad the fewest tokens (`append_groups`), each
-        padded to its own longest chunk (bucketed; or to `chunk_len`, for chunks whose lengths are known ahead).
-        The slots' cache lengths size each group's attention window."""
+        padded to its own longest chunk (bucketed). The slots' cache lengths size each group's attention window."""
         lengths = jax.device_get(state.cache.lengths)
         items = sorted(items, key=lambda it: -len(it[1]))
-        sizes = [chunk_len or len(it[1]) for it in items]
-        for i, j, n in append_groups(sizes):
-            C = chunk_len or T.bucket(sizes[i], minimum=1, fine=True)
-            state = self._append_group(params, state, items[i:j], run, lengths, C, n)
+        for i, j, n in append_groups([len(it[1]) for it in items]):
+            C = T.bucket(len(items[i][1]), minimum=1, fine=True)
+            state = self._append_group(params, state, items[i:j], idle, lengths, C, n)
         return state
 
-    def _append_group(self, params, state, items, run, lengths, C, n):
+    def _append_group(self, params, state, items, idle, lengths, C, n):
         """One `append_rows` call: `items` in `n` rows (the rest pad the bucket), chunks padded to C tokens."""
         rows = np.full((n,), self.config.slots, np.int32)
         chunk = np.zeros((n, C), np.int32)
@@ -327,7 +330,7 @@ class RolloutEngine:
             rows[r] = b
             chunk[r, :len(ids)] = ids
             valid[r, :len(ids)] = True
-            flags[:, r] = (reset, clear, gen, run)
+            flags[:, r] = (reset, clear, gen, b not in idle)
             ends.append((0 if reset else int(lengths[b])) + len(ids))
         window = sampler.attention_window(np.asarray(ends), 0, self.capacity)
         return sampler.append_rows(self.cfg, params, state, rows, chunk, valid, *flags, window=window)
@@ -416,11 +419,13 @@ class RolloutEngine:
             out.append((b, ids, reset, clear, gen))
         return out
 
-    def _refine(self, params, refiner_params, refiner, state, slots, finished, host, length, rng, m):
+    def _refine(self, params, refiner_params, refiner, state, slots, finished, host, length, rng, m, pending):
         """Finished slots: record them, or (Meta-Refiner) cut them back for the Actor to regenerate in place.
+        Returns (state, done, revise, what is still pending).
 
-        A follow-up prompt under the Actor's own parameters is scored in the slots (`_score_in_slots`); a table12
-        prompt, or a refiner with parameters of its own, is scored by `MetaRefiner.judge` in one batched pass."""
+        A follow-up prompt under the Actor's own parameters is scored in the slots (`_score_in_slots`, which also
+        appends the `pending` items); a table12 prompt, or a refiner with parameters of its own, is scored by
+        `MetaRefiner.judge` in one batched pass."""
         tokens, logprobs, loss_mask = host
         judged = {}
         if refiner is not None:
@@ -434,7 +439,9 @@ class RolloutEngine:
                 t0 = time.perf_counter()
                 if refiner.followup and refiner_params is None and refiner.max_candidate_len == 1:
                     num_steps = [len(t) for t in texts]
-                    state, scores = self._score_in_slots(params, state, refiner, [b for b, _, _ in cands], num_steps)
+                    state, scores = self._score_in_slots(params, state, refiner, [b for b, _, _ in cands], num_steps,
+                                                         pending)
+                    pending = []
                     score_s = time.perf_counter() - t0
                     decisions = refiner.decisions([refiner.prompt_ids(t, s) for t, s in zip(partial, texts)],
                                                   num_steps, scores, rng)
@@ -472,15 +479,15 @@ class RolloutEngine:
                                     status, answer)
             traj.meta_actions, traj.cut_steps, traj.kept_tokens = s.meta_actions, s.cut_steps, s.kept_tokens
             done.append((b, traj))
-        return state, done, revise
+        return state, done, revise, pending
 
-    def _score_in_slots(self, params, state, refiner, rows, num_steps):
+    def _score_in_slots(self, params, state, refiner, rows, num_steps, pending):
         """Appends the refiner's follow-up to finished slots (cache only, slots left idle) and reads the candidates'
-        log-probs [n, max_turns+1] from their next-token logits: the trajectory is read from the cache, not re-encoded."""
-        # Follow-ups differ by a few tokens ("steps 1..T"): one chunk length fits them all, unpadded to a bucket.
-        state = self._append(params, state, [(b, refiner.followup_ids(t), False, False, False)
-                                             for b, t in zip(rows, num_steps)], run=False,
-                             chunk_len=refiner.max_followup_len)
+        log-probs [n, max_turns+1] from their next-token logits: the trajectory is read from the cache, not re-encoded.
+        The `pending` items (other slots' observations) go in the same append calls: a follow-up, scored when one or
+        two slots finish, took a call of its own, 38 calls for 61 follow-ups in one refined rollout."""
+        followups = [(b, refiner.followup_ids(t), False, False, False) for b, t in zip(rows, num_steps)]
+        state = self._append(params, state, pending + followups, idle=frozenset(rows))
         cands = np.asarray([c[0] for c in refiner.candidate_ids], np.int32)
         lp = np.asarray(jax.device_get(sampler.next_token_logprobs(state, self._rows(rows), cands)))[:len(rows)]
         return state, refiner.own_steps(lp, num_steps)
