@@ -284,9 +284,9 @@ class RolloutEngine:
             state = sampler.seed_rows(state, self._rows(rows), prefix[1])
         return state, items
 
-    def _rows(self, ids, minimum: int = 1) -> np.ndarray:
+    def _rows(self, ids) -> np.ndarray:
         """Slot ids padded to a bucketed count with B: the pads point past the slots and device calls drop them."""
-        rows = np.full((T.bucket(len(ids), minimum=minimum),), self.config.slots, np.int32)
+        rows = np.full((T.bucket(len(ids), minimum=1),), self.config.slots, np.int32)
         rows[:len(ids)] = ids
         return rows
 
