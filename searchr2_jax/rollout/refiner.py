@@ -33,11 +33,13 @@ from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rollout.types import MetaAction, Trajectory, Turn, bucket
 from searchr2_jax.text import protocol
 
+MAX_REVISIONS = 4  # the paper's N_max range (0..4); each revision of a job samples from a stream of its own
+
 
 def default_refiner_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         enabled=True,
-        max_revisions=1,  # N_max, 0..4
+        max_revisions=1,  # N_max, 0..MAX_REVISIONS
         margin=0.0,  # revise iff log p(j*) - log p(0) >= margin
         prompt="followup",  # "followup" (Table 12's instruction after the Actor's conversation) | "table12"
         chat=False,  # refiner prompt as a chat user message (instruct models)
@@ -97,6 +99,8 @@ class MetaRefiner:
         self.config = config or default_refiner_config()
         self.max_turns = max_turns
         self.last_score_s = 0.0  # device time of the latest scoring pass (for the rollout's host_fraction)
+        if not 0 <= self.config.max_revisions <= MAX_REVISIONS:
+            raise ValueError(f"refiner.max_revisions={self.config.max_revisions}: N_max must be 0..{MAX_REVISIONS}")
         if self.config.prompt not in ("followup", "table12"):
             raise ValueError(f"refiner.prompt={self.config.prompt!r}: expected 'followup' or 'table12'")
         cands = protocol.refiner_candidates(max_turns, chat=self.config.chat)

@@ -38,7 +38,7 @@ from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.retrieval.types import Passage, Retriever
 from searchr2_jax.rollout import sampler
 from searchr2_jax.rollout import types as T
-from searchr2_jax.rollout.refiner import MetaRefiner, turn_texts
+from searchr2_jax.rollout.refiner import MAX_REVISIONS, MetaRefiner, turn_texts
 from searchr2_jax.text import protocol
 from searchr2_jax.text.tokenizer import all_stop_sequences
 
@@ -129,6 +129,11 @@ class _Slot:
     cut_steps: list = dataclasses.field(default_factory=list)
     kept_tokens: list = dataclasses.field(default_factory=list)
 
+    @property
+    def stream(self) -> int:
+        """The random stream this job samples from, a new one after each revision (see `decode_segment`)."""
+        return self.job_index * (MAX_REVISIONS + 1) + len(self.cut_steps)
+
 
 @dataclasses.dataclass
 class RolloutOutput:
@@ -168,7 +173,9 @@ class RolloutEngine:
         refiner = self.refiner if (use_refiner and self.refiner and self.refiner.config.enabled
                                    and self.refiner.config.max_revisions > 0) else None
         sp = sampler.sampling_params(0.0 if greedy else c.temperature, c.top_p)
-        rng, host_key = jax.random.split(rng)
+        # Sampling keys are per job, revision and position, not per slot or segment: a job's tokens do not depend on
+        # the slot count or on what else runs, so a refined rollout differs from a plain one only where it revised.
+        decode_key, host_key = jax.random.split(rng)
         host_rng = np.random.default_rng(int(jax.random.randint(host_key, (), 0, 2**31 - 1)))
         state = sampler.init_slots(self.cfg, B, self.capacity, R)
         if self.mesh is not None:  # slots split over data x fsdp like any batch, kv heads over tensor
@@ -193,11 +200,11 @@ class RolloutEngine:
             if pending:
                 state = self._append(params, state, pending)
                 pending = []
-            rng, key = jax.random.split(rng)
             lengths, status = jax.device_get((state.cache.lengths, state.status))
             rows, window, exit_stops = self._segment(lengths, status)
-            state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps, key,
-                                                  window, rows, exit_stops)
+            streams = np.asarray([0 if s is None else s.stream for s in slots], np.int32)
+            state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps,
+                                                  decode_key, window, rows, exit_stops, streams)
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
             device_s += time.perf_counter() - t0
             m["decode_steps"] += int(steps)

@@ -236,7 +236,8 @@ def seed_rows(state: SlotState, rows, prefix: kvc.KVCache) -> SlotState:
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 7), donate_argnums=2)
 def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTable, sp: SamplingParams,
-                   max_steps: int, rng: jax.Array, window: int | None = None, rows=None, exit_stops=None):
+                   max_steps: int, rng: jax.Array, window: int | None = None, rows=None, exit_stops=None,
+                   streams=None):
     """Up to `max_steps` tokens for every RUNNING row; returns (state, steps taken).
 
     The response buffer length R is the response budget: a row that fills it, or fills its cache, stops with
@@ -246,28 +247,31 @@ def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTabl
     decoded row's cache, so idle slots (finished, or waiting for the host) would cost as much as running ones.
     `exit_stops` (traced, default never) also ends the segment once that many of its rows have stopped, so rows
     waiting for the host (a search, a finished answer) do not idle for the rest of the segment.
-    Each slot draws from its own key (the segment's key folded with the slot id), whoever shares its batch.
+    A row's token at response position p draws from `fold_in(fold_in(rng, stream), p)`, where `stream` is the
+    slot's entry of `streams` [B] int32 (default: the slot id). With one key for a whole rollout and a stream per job
+    (the engine's), a job's draws depend neither on its slot, nor on who shares its batch, nor on where segments end.
     """
     B, R = state.tokens.shape
     cap = state.cache.capacity
     window = cap if window is None else min(window, cap)
-    slot_ids = jnp.arange(B) if rows is None else rows
+    slot_ids = jnp.arange(B) if rows is None else jnp.minimum(rows, B - 1)
+    streams = slot_ids if streams is None else jnp.asarray(streams, jnp.int32)[slot_ids]
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, streams)
     sub = take_rows(state, rows, window)
     start = sub.cache.lengths
     started = sub.status == RUNNING
     exit_stops = B + 1 if exit_stops is None else exit_stops
 
     def cond(carry):
-        state, step, _ = carry
+        state, step = carry
         running = state.status == RUNNING
         stopped = jnp.sum(started & ~running)
         return (step < max_steps) & jnp.any(running) & (stopped < exit_stops)
 
     def body(carry):
-        state, step, rng = carry
-        rng, key = jax.random.split(rng)
+        state, step = carry
         running = state.status == RUNNING
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, slot_ids)
+        keys = jax.vmap(jax.random.fold_in)(row_keys, state.length)
         token, logp = sample_token(state.next_logits, keys, sp)
         pos = jnp.where(running, state.length, R)  # idle rows write nowhere
         n = jnp.arange(token.shape[0])
@@ -283,9 +287,9 @@ def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTabl
                            jnp.where(running & full, STOP_BUDGET, state.status))
         state = SlotState(cache, jnp.where(running[:, None], logits, state.next_logits), tokens, logprobs,
                           loss_mask, length, status, jnp.where(running, kind, state.stop_kind))
-        return state, step + 1, rng
+        return state, step + 1
 
-    sub, steps, _ = jax.lax.while_loop(cond, body, (sub, jnp.int32(0), rng))
+    sub, steps = jax.lax.while_loop(cond, body, (sub, jnp.int32(0)))
     return put_rows(state, rows, sub, start, max_steps), steps
 
 

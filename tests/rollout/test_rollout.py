@@ -214,6 +214,46 @@ def test_forced_revision_rate_for_benchmarks():
     assert all(m.forced for t in out.trajectories for m in t.meta_actions)
 
 
+def test_a_jobs_samples_depend_neither_on_the_slot_count_nor_on_what_else_runs():
+    # At temperature 10 the script's successor has about 0.3 of the mass: every trajectory is its own random walk.
+    prompts = ["go", "go", "ask", "go", "bad", "go"]
+    runs = []
+    for slots in (1, 3, 8):
+        eng, params = engine(slots=slots, temperature=10.0)
+        runs.append(eng.run(params, jobs(*prompts), jax.random.key(4)).trajectories)
+    assert len({tuple(t.response_ids) for t in runs[0]}) == len(prompts)  # the draws differ across jobs
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other):
+            np.testing.assert_array_equal(x.response_ids, y.response_ids)
+            np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_refined_rollout_differs_from_a_plain_one_only_where_it_revised():
+    prompts = ["go", "ask", "go", "go", "go", "bad", "go", "go"]
+    plain_eng, params = engine(temperature=10.0)
+    plain = plain_eng.run(params, jobs(*prompts), jax.random.key(2)).trajectories
+    eng, _ = engine(refiner=True, refiner_choice="0", temperature=10.0)
+    eng.refiner.config.force_revise_rate = 0.5
+    refined = eng.run(params, jobs(*prompts), jax.random.key(2)).trajectories
+    revised = [t for t in refined if t.cut_steps]
+    assert 0 < len(revised) < len(prompts)
+    for x, y in zip(refined, plain):
+        if not x.cut_steps:
+            np.testing.assert_array_equal(x.response_ids, y.response_ids)
+            continue
+        keep = x.kept_tokens[0]
+        np.testing.assert_array_equal(x.response_ids[:keep], y.response_ids[:keep])
+    # a revision draws afresh: the regenerated suffixes are not replays of the plain rollout's
+    assert any(not np.array_equal(x.response_ids, y.response_ids) for x, y in zip(refined, plain) if x.cut_steps)
+
+
+def test_n_max_out_of_range_is_refused():
+    rc = refiner_lib.default_refiner_config()
+    rc.max_revisions = refiner_lib.MAX_REVISIONS + 1
+    with pytest.raises(ValueError, match="max_revisions"):
+        refiner_lib.MetaRefiner(scripted.machine(TOK)[0], TOK, rc)
+
+
 @pytest.mark.parametrize("head", ["", "gamma delta "], ids=["own_prompts", "shared_prefix"])
 def test_no_recompilation_after_warmup(head):
     eng, params = engine(refiner=True, refiner_choice="2", min_shared_prefix=2)
