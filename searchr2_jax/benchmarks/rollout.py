@@ -11,8 +11,12 @@ chunk appends, the refiner's cuts and continuous batching would have nothing to 
 20 SFT steps, about 7 minutes on 2 CPU cores) is cached next to the converted model.
 
 Figures (all from one process, each configuration timed on its second run so compilation is excluded;
-`timed_run_compiles` counts the programs compiled during the timed runs all the same):
+`timed_run_compiles` counts the programs compiled during the timed runs all the same). The chunk-append run, the
+base of every ratio, is timed first and again last, and the ratios use the mean of the two: on a shared machine one
+base run of the same work took 210 to 254 s on one day. Sampling is keyed per job and position, so every
+configuration generates the same trajectories up to the refiner's revisions (`refined_unrevised_same_share`).
   rollout_tokens_per_s         generated tokens per wall second (chunk appends, refiner off)
+  rollout_wall_s               the mean base wall; rollout_wall_s_first / _last, each run's
   rollout_speedup_vs_reprefill wall(re-prefill the conversation at every observation) / wall(chunk appends)
   host_fraction                share of wall time outside device calls (parsing, retrieval, bookkeeping)
   tokens_after_stop            tokens generated after a stop sequence, over all turns (must be 0)
@@ -130,14 +134,24 @@ def run(quick: bool = False) -> dict:
         return out, dt
 
     followup = engine("followup")
-    base, t_base = timed(followup, use_refiner=False)
+    base, t_first = timed(followup, use_refiner=False)
     _, t_reprefill = timed(followup, use_refiner=False, reprefill=True)
     refined, t_refined = timed(followup, use_refiner=True)
-    refined12, t_refined12 = timed(engine("table12"), use_refiner=True)
+    _, t_refined12 = timed(engine("table12"), use_refiner=True)
+    _, t_last = timed(followup, use_refiner=False)
+    t_base = (t_first + t_last) / 2
     m = base.metrics
+    unrevised = [(a, b) for a, b in zip(refined.trajectories, base.trajectories) if not a.cut_steps]
+    same = sum(np.array_equal(a.response_ids, b.response_ids) for a, b in unrevised) / max(len(unrevised), 1)
     return {
         "rollout_tokens_per_s": m["rollout/tokens_generated"] / t_base,
         "rollout_wall_s": t_base,
+        "rollout_wall_s_first": t_first,
+        "rollout_wall_s_last": t_last,
+        "reprefill_wall_s": t_reprefill,
+        "refined_wall_s": t_refined,
+        "refined_table12_wall_s": t_refined12,
+        "refined_unrevised_same_share": float(same),
         "rollout_speedup_vs_reprefill": t_reprefill / t_base,
         "host_fraction": m["rollout/host_fraction"],
         "tokens_after_stop": float(tokens_after_stop(tokenizer, base.trajectories + refined.trajectories)),
