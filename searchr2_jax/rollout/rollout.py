@@ -34,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from searchr2_jax.models import decoder
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.retrieval.types import Passage, Retriever
 from searchr2_jax.rollout import sampler
@@ -193,17 +194,20 @@ class RolloutEngine:
         t_start = time.perf_counter()
         device_s = 0.0
 
-        prefix = self._shared_prefix(params, [jobs[i] for i in queue])
+        # Generation reads each layer's weights from buffers of their own (`per_layer_weights`); the refiner's full
+        # passes (`MetaRefiner.judge`) take `params` as they are.
+        gen_params = decoder.per_layer_weights(self.cfg, params)
+        prefix = self._shared_prefix(gen_params, [jobs[i] for i in queue])
         state, pending = self._admit(state, slots, queue, jobs, prefix)
         while pending or any(slots):
             t0 = time.perf_counter()
             if pending:
-                state = self._append(params, state, pending)
+                state = self._append(gen_params, state, pending)
                 pending = []
             lengths, status = jax.device_get((state.cache.lengths, state.status))
             rows, window, exit_stops = self._segment(lengths, status)
             streams = np.asarray([0 if s is None else s.stream for s in slots], np.int32)
-            state, steps = sampler.decode_segment(self.cfg, params, state, self.stops, sp, c.segment_steps,
+            state, steps = sampler.decode_segment(self.cfg, gen_params, state, self.stops, sp, c.segment_steps,
                                                   decode_key, window, rows, exit_stops, streams)
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
             device_s += time.perf_counter() - t0
@@ -224,8 +228,8 @@ class RolloutEngine:
                 # The observations ride in the follow-ups' append (one set of calls, not two); the baseline keeps
                 # them pending, for `_reprefill`.
                 ride = [] if reprefill else pending
-                state, done, revise, ride = self._refine(params, refiner_params, refiner, state, slots, finished,
-                                                         host, length, host_rng, m, ride)
+                state, done, revise, ride = self._refine(params, gen_params, refiner_params, refiner, state, slots,
+                                                         finished, host, length, host_rng, m, ride)
                 pending = pending if reprefill else ride
                 if revise:
                     state = self._truncate(state, revise)
@@ -237,7 +241,7 @@ class RolloutEngine:
             state, admitted = self._admit(state, slots, queue, jobs, prefix)
             pending += admitted
             if reprefill:
-                state, pending = self._reprefill(params, state, slots, pending)
+                state, pending = self._reprefill(gen_params, state, slots, pending)
 
         wall = time.perf_counter() - t_start
         device_s += m["refiner_score_s"]
@@ -426,7 +430,8 @@ class RolloutEngine:
             out.append((b, ids, reset, clear, gen))
         return out
 
-    def _refine(self, params, refiner_params, refiner, state, slots, finished, host, length, rng, m, pending):
+    def _refine(self, params, gen_params, refiner_params, refiner, state, slots, finished, host, length, rng, m,
+                pending):
         """Finished slots: record them, or (Meta-Refiner) cut them back for the Actor to regenerate in place.
         Returns (state, done, revise, what is still pending).
 
@@ -446,8 +451,8 @@ class RolloutEngine:
                 t0 = time.perf_counter()
                 if refiner.followup and refiner_params is None and refiner.max_candidate_len == 1:
                     num_steps = [len(t) for t in texts]
-                    state, scores = self._score_in_slots(params, state, refiner, [b for b, _, _ in cands], num_steps,
-                                                         pending)
+                    state, scores = self._score_in_slots(gen_params, state, refiner, [b for b, _, _ in cands],
+                                                         num_steps, pending)
                     pending = []
                     score_s = time.perf_counter() - t0
                     decisions = refiner.decisions([refiner.prompt_ids(t, s) for t, s in zip(partial, texts)],

@@ -72,12 +72,17 @@ def _tiny(**kw):
     return DecoderConfig.from_hf(HF_CONFIGS["llama_gqa_untied"], **kw)
 
 
-def test_cached_decoding_equals_full_forward():
-    cfg = _tiny()
+@pytest.mark.parametrize("name,per_layer", [("llama_gqa_untied", False)] + [(n, True) for n in HF_CONFIGS])
+def test_cached_decoding_equals_full_forward(name, per_layer):
+    cfg = DecoderConfig.from_hf(HF_CONFIGS[name])
     params = decoder.init_params(cfg, jax.random.key(0))
     rng = np.random.default_rng(1)
     seq = jnp.asarray(rng.integers(0, cfg.vocab_size, size=(3, 24)))
     full, _ = decoder.apply(cfg, params, seq)
+    if per_layer:  # generation's layout: each layer's matrices in buffers of their own
+        params = decoder.per_layer_weights(cfg, params)
+        with pytest.raises(ValueError, match="per_layer_weights"):
+            decoder.apply(cfg, params, seq)
     # Rows start at different positions: prompts of 5, 9 and 13 tokens, then token-by-token, then a chunk of 4.
     prompt_len = np.array([5, 9, 13])
     cache = kv_cache.init_cache(cfg, 3, 32)
