@@ -179,20 +179,21 @@ class MetaRefiner:
         return out
 
     def judge(self, params, trajectories: list[Trajectory], step_texts: list[list[tuple[str, str]]],
-              rng: np.random.Generator) -> list[Decision]:
+              rngs: Sequence[np.random.Generator]) -> list[Decision]:
         """Decisions for finished trajectories (`step_texts`: per trajectory, (assistant, tool) text per turn)."""
         prompts = [self.prompt_ids(t, s) for t, s in zip(trajectories, step_texts)]
         num_steps = [len(s) for s in step_texts]
         t0 = time.perf_counter()
         scores = self.score(params, prompts, num_steps)
         self.last_score_s = time.perf_counter() - t0
-        return self.decisions(prompts, num_steps, scores, rng)
+        return self.decisions(prompts, num_steps, scores, rngs)
 
     def decisions(self, prompts: list[list[int]], num_steps: list[int], scores: np.ndarray,
-                  rng: np.random.Generator) -> list[Decision]:
-        """The decision rule (or the benchmark's forced revisions) on candidate scores [n, max_turns+1]."""
+                  rngs: Sequence[np.random.Generator]) -> list[Decision]:
+        """The decision rule (or the benchmark's forced revisions) on candidate scores [n, max_turns+1]. `rngs`, one
+        per trajectory, draw the forced revisions: keyed per job, they do not depend on the order trajectories end."""
         out = []
-        for i, (p, t) in enumerate(zip(prompts, num_steps)):
+        for i, (p, t, rng) in enumerate(zip(prompts, num_steps, rngs)):
             forced = self.config.force_revise_rate >= 0
             if forced:
                 choice = int(rng.integers(1, t + 1)) if t >= 1 and rng.random() < self.config.force_revise_rate else 0

@@ -5,8 +5,9 @@ any other prompt-in/text-out use (the LLM judge). The loop, host side, in plain 
 
     admit jobs into free slots (prompt chunk -> cache; the prefix all prompts share is encoded once and copied)
     repeat:
-        decode_segment: the running slots (gathered, so idle ones cost nothing) generate until a stop sequence,
-            their budget, K steps, or until a share of them has stopped (one sync)
+        decode_segment: the running slots (gathered, so idle ones cost nothing; long and short conversations in
+            calls of their own) generate until a stop sequence, their budget, K steps, or until a share of them
+            has stopped (one sync)
         for slots that stopped: parse the turn;
             </search> -> query;  </answer> -> finished;  anything else -> invalid-action message
         one retrieval call for all queries -> <information> blocks, appended to each slot's cache as a chunk
@@ -97,27 +98,45 @@ def call_with_timeout(fn: Callable, timeout_s: float, *args):
 APPEND_CALL_TOKENS = 48
 
 
+def cheapest_split(n: int, cost: Callable[[int, int], float]) -> list[tuple[int, int]]:
+    """Splits items 0..n-1, in order, into consecutive calls (i, j) that minimize the total `cost(i, j)` (dynamic
+    programming; on ties, the shorter first call)."""
+    best = [(0.0, n)] * (n + 1)  # best[i]: (cost of items i.., end of their first call)
+    for i in reversed(range(n)):
+        best[i] = min((cost(i, j) + best[j][0], j) for j in range(i + 1, n + 1))
+    out, i = [], 0
+    while i < n:
+        out.append((i, best[i][1]))
+        i = best[i][1]
+    return out
+
+
 def append_groups(sizes: Sequence[int]) -> list[tuple[int, int, int]]:
     """Splits chunks of `sizes` tokens (longest first) into append calls: (start, end, rows) per call, where `rows`
     (a power of two >= end - start) is its row bucket and its chunk is padded to `bucket(sizes[start], fine=True)`.
-    The split minimizes the padded tokens plus `APPEND_CALL_TOKENS` per call (dynamic programming over the sorted
-    sizes). Observations vary from a 20-token invalid-action message to a 256-token passage block: one call for 8 of
-    them padded 41,520 tokens where 27,090 were real (one base rollout)."""
-    n = len(sizes)
-    best = [(0.0, n, 0)] * (n + 1)  # best[i]: (cost of items i.., end of the first call, its rows)
-    for i in reversed(range(n)):
-        C = T.bucket(sizes[i], minimum=1, fine=True)
-        options = []
-        for j in range(i + 1, n + 1):
-            rows = T.bucket(j - i, minimum=1)
-            options.append((APPEND_CALL_TOKENS + rows * C + best[j][0], j, rows))
-        best[i] = min(options)
-    out, i = [], 0
-    while i < n:
-        _, j, rows = best[i]
-        out.append((i, j, rows))
-        i = j
-    return out
+    The split minimizes the padded tokens plus `APPEND_CALL_TOKENS` per call. Observations vary from a 20-token
+    invalid-action message to a 256-token passage block: one call for 8 of them padded 41,520 tokens where 27,090
+    were real (one base rollout)."""
+    rows = lambda i, j: T.bucket(j - i, minimum=1)
+    cost = lambda i, j: APPEND_CALL_TOKENS + rows(i, j) * T.bucket(sizes[i], minimum=1, fine=True)
+    return [(i, j, rows(i, j)) for i, j in cheapest_split(len(sizes), cost)]
+
+
+# A decode step's cost in attended cache positions (rows x window): a call also reads every weight once, which costs
+# about as much as 3,400 positions, and each row about 110 more (its MLP and sampling). Least squares over one base
+# rollout's segments (SmolLM2-135M, 2-core CPU): ms a step = 28.6 + 0.92 rows + 0.0083 rows x window.
+DECODE_CALL_POSITIONS = 3400
+DECODE_ROW_POSITIONS = 110
+
+
+def decode_groups(windows: Sequence[int]) -> list[tuple[int, int]]:
+    """Splits running rows, sorted by the attention window each needs (ascending), into decode calls (start, end)
+    that minimize the modelled cost of a step. One long conversation then no longer makes every short one attend to
+    its 1,024 positions: 31 rows at 256 positions and 1 at 1,024 cost about 126 + 38 ms a step in two calls, against
+    330 ms in one (32 rows at 1,024); and 17 rows go as 16 + 1 rather than padded to 32 when their windows are long."""
+    rows = lambda i, j: T.bucket(j - i, minimum=1)
+    cost = lambda i, j: DECODE_CALL_POSITIONS + rows(i, j) * (DECODE_ROW_POSITIONS + windows[j - 1])
+    return cheapest_split(len(windows), cost)
 
 
 @dataclasses.dataclass
@@ -177,7 +196,7 @@ class RolloutEngine:
         # Sampling keys are per job, revision and position, not per slot or segment: a job's tokens do not depend on
         # the slot count or on what else runs, so a refined rollout differs from a plain one only where it revised.
         decode_key, host_key = jax.random.split(rng)
-        host_rng = np.random.default_rng(int(jax.random.randint(host_key, (), 0, 2**31 - 1)))
+        host_seed = int(jax.random.randint(host_key, (), 0, 2**31 - 1))  # the refiner's forced draws, per job
         state = sampler.init_slots(self.cfg, B, self.capacity, R)
         if self.mesh is not None:  # slots split over data x fsdp like any batch, kv heads over tensor
             state = jax.device_put(state, self._slot_shardings(state))
@@ -205,13 +224,16 @@ class RolloutEngine:
                 state = self._append(gen_params, state, pending)
                 pending = []
             lengths, status = jax.device_get((state.cache.lengths, state.status))
-            rows, window, exit_stops = self._segment(lengths, status)
             streams = np.asarray([0 if s is None else s.stream for s in slots], np.int32)
-            state, steps = sampler.decode_segment(self.cfg, gen_params, state, self.stops, sp, c.segment_steps,
+            steps = []
+            for rows, window, exit_stops in self._segment(lengths, status):
+                state, n = sampler.decode_segment(self.cfg, gen_params, state, self.stops, sp, c.segment_steps,
                                                   decode_key, window, rows, exit_stops, streams)
+                steps.append(n)
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
             device_s += time.perf_counter() - t0
-            m["decode_steps"] += int(steps)
+            m["decode_steps"] += int(max(steps, default=0))
+            m["decode_calls"] += len(steps)
             m["segments"] += 1
             stopped = [b for b, s in enumerate(slots) if s is not None and status[b] != sampler.RUNNING]
             if not stopped:
@@ -229,7 +251,7 @@ class RolloutEngine:
                 # them pending, for `_reprefill`.
                 ride = [] if reprefill else pending
                 state, done, revise, ride = self._refine(params, gen_params, refiner_params, refiner, state, slots,
-                                                         finished, host, length, host_rng, m, ride)
+                                                         finished, host, length, host_seed, m, ride)
                 pending = pending if reprefill else ride
                 if revise:
                     state = self._truncate(state, revise)
@@ -302,20 +324,27 @@ class RolloutEngine:
         return rows
 
     def _segment(self, lengths, status):
-        """What the next decode segment works on: the running slots, bucketed (None: all of them), the attention
-        window they reach, and after how many stops it ends (`segment_exit_share` of them).
+        """The decode calls of the next segment: per call, the running slots it decodes (bucketed; None: all of
+        them), the attention window they reach, and after how many stops it ends (`segment_exit_share` of them).
 
         Finished slots and slots waiting for the host are left out, so a batch's tail, or a regeneration running
-        after most rows are done, costs what its own rows cost. With a mesh the slots are sharded over devices and
-        gathering them would move caches between devices: every slot is decoded there."""
+        after most rows are done, costs what its own rows cost; and slots whose conversations differ much in length
+        go in separate calls (`decode_groups`). With a mesh the slots are sharded over devices and gathering them
+        would move caches between devices: every slot is decoded there, in one call."""
         c, B = self.config, self.config.slots
         running = np.flatnonzero(status == sampler.RUNNING).astype(np.int32)
-        window = sampler.attention_window(lengths[running], c.segment_steps, self.capacity)
-        exit_stops = np.int32(max(1, int(np.ceil(c.segment_exit_share * len(running)))))
-        rows = self._rows(running)
-        if self.mesh is not None or len(rows) >= B:
-            return None, window, exit_stops
-        return rows, window, exit_stops
+        exits = lambda n: np.int32(max(1, int(np.ceil(c.segment_exit_share * n))))
+        window = lambda ls: sampler.attention_window(ls, c.segment_steps, self.capacity)
+        if self.mesh is not None:
+            return [(None, window(lengths[running]), exits(len(running)))]
+        windows = np.asarray([window(lengths[b:b + 1]) for b in running], np.int32)
+        order = np.argsort(windows, kind="stable")
+        running, windows = running[order], windows[order]
+        calls = []
+        for i, j in decode_groups(windows.tolist()):
+            rows = self._rows(running[i:j])
+            calls.append((None if len(rows) >= B else rows, int(windows[j - 1]), exits(j - i)))
+        return calls
 
     def _append(self, params, state, items, idle=frozenset()):
         """`append_rows` for (slot, ids, reset_cache, clear_response, generated) items; the slots then run (decode on)
@@ -430,7 +459,7 @@ class RolloutEngine:
             out.append((b, ids, reset, clear, gen))
         return out
 
-    def _refine(self, params, gen_params, refiner_params, refiner, state, slots, finished, host, length, rng, m,
+    def _refine(self, params, gen_params, refiner_params, refiner, state, slots, finished, host, length, seed, m,
                 pending):
         """Finished slots: record them, or (Meta-Refiner) cut them back for the Actor to regenerate in place.
         Returns (state, done, revise, what is still pending).
@@ -448,6 +477,7 @@ class RolloutEngine:
                                             logprobs[b, :length[b]], loss_mask[b, :length[b]], slots[b].turns, st,
                                             ans) for b, st, ans in cands]
                 texts = [turn_texts(self.tokenizer, t.response_ids, t.turns) for t in partial]
+                rngs = [np.random.default_rng([seed, slots[b].stream]) for b, _, _ in cands]
                 t0 = time.perf_counter()
                 if refiner.followup and refiner_params is None and refiner.max_candidate_len == 1:
                     num_steps = [len(t) for t in texts]
@@ -456,10 +486,10 @@ class RolloutEngine:
                     pending = []
                     score_s = time.perf_counter() - t0
                     decisions = refiner.decisions([refiner.prompt_ids(t, s) for t, s in zip(partial, texts)],
-                                                  num_steps, scores, rng)
+                                                  num_steps, scores, rngs)
                 else:
                     decisions = refiner.judge(params if refiner_params is None else refiner_params, partial, texts,
-                                              rng)
+                                              rngs)
                     score_s = refiner.last_score_s
                 m["refiner_score_s"] += score_s
                 m["refiner_host_s"] += time.perf_counter() - t0 - score_s
@@ -534,6 +564,7 @@ class RolloutEngine:
             "rollout/tokens_generated": int(m["tokens_generated"]),
             "rollout/decode_steps": int(m["decode_steps"]),
             "rollout/segments": int(m["segments"]),
+            "rollout/decode_calls": int(m["decode_calls"]),
             "rollout/retrieval_s": float(m["retrieval_s"]),
             "rollout/wall_s": wall,
             "rollout/host_fraction": max(0.0, 1.0 - device_s / wall) if wall > 0 else 0.0,

@@ -214,6 +214,17 @@ def test_forced_revision_rate_for_benchmarks():
     assert all(m.forced for t in out.trajectories for m in t.meta_actions)
 
 
+def test_forced_revisions_are_drawn_per_job_whatever_the_order_trajectories_end_in():
+    cuts = []
+    for slots, prompt in ((1, "followup"), (8, "followup"), (3, "table12")):
+        eng, params = engine(refiner=True, refiner_choice="0", slots=slots, prompt=prompt)
+        eng.refiner.config.force_revise_rate = 0.5
+        out = eng.run(params, jobs("go", "ask", "go", "bad", "go", "go", "ask", "go"), jax.random.key(5))
+        cuts.append([t.cut_steps for t in out.trajectories])
+    assert 0 < sum(map(bool, cuts[0])) < 8
+    assert cuts[0] == cuts[1] == cuts[2]
+
+
 def test_a_jobs_samples_depend_neither_on_the_slot_count_nor_on_what_else_runs():
     # At temperature 10 the script's successor has about 0.3 of the mass: every trajectory is its own random walk.
     prompts = ["go", "go", "ask", "go", "bad", "go"]
@@ -245,6 +256,43 @@ def test_a_refined_rollout_differs_from_a_plain_one_only_where_it_revised():
         np.testing.assert_array_equal(x.response_ids[:keep], y.response_ids[:keep])
     # a revision draws afresh: the regenerated suffixes are not replays of the plain rollout's
     assert any(not np.array_equal(x.response_ids, y.response_ids) for x, y in zip(refined, plain) if x.cut_steps)
+
+
+def test_long_and_short_conversations_decode_in_calls_of_their_own_and_generate_the_same(monkeypatch):
+    # "loop" runs to a 300-token budget while the others stop early: their attention windows part ways.
+    prompts = ["loop", "go", "ask", "go", "bad", "go"]
+    runs = []
+    for call_cost in (10**9, 0):  # one call for every running slot; a call for every window
+        monkeypatch.setattr(rollout_lib, "DECODE_CALL_POSITIONS", call_cost)
+        eng, params = engine(slots=4, temperature=2.0, max_response_tokens=300)
+        runs.append(eng.run(params, jobs(*prompts), jax.random.key(3)))
+    one, split = runs
+    assert one.metrics["rollout/decode_calls"] == one.metrics["rollout/segments"]
+    assert split.metrics["rollout/decode_calls"] > split.metrics["rollout/segments"]
+    assert len(one.trajectories[0].response_ids) > 200 and min(len(t.response_ids) for t in one.trajectories) < 64
+    for x, y in zip(one.trajectories, split.trajectories):
+        np.testing.assert_array_equal(x.response_ids, y.response_ids)
+        np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=1e-5, atol=1e-6)
+
+
+def test_decode_groups_cover_the_rows_in_order_at_the_least_modelled_cost():
+    call, row = rollout_lib.DECODE_CALL_POSITIONS, rollout_lib.DECODE_ROW_POSITIONS
+    cost = lambda w, groups: sum(call + T.bucket(j - i, minimum=1) * (row + w[j - 1]) for i, j in groups)
+
+    def brute(w):  # every split into consecutive calls
+        return min((call + T.bucket(j, minimum=1) * (row + w[j - 1]) + brute(w[j:]) for j in range(1, len(w) + 1)),
+                   default=0)
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        w = sorted(rng.choice([128, 192, 256, 384, 512, 768, 1024], size=rng.integers(1, 9)).tolist())
+        groups = rollout_lib.decode_groups(w)
+        assert [i for i, _ in groups] == [0] + [j for _, j in groups[:-1]] and groups[-1][1] == len(w)
+        assert cost(w, groups) == brute(w)
+    assert rollout_lib.decode_groups([256] * 31 + [1024]) == [(0, 31), (31, 32)]
+    assert rollout_lib.decode_groups([256, 384]) == [(0, 2)]  # a second call costs more than the longer window
+    assert sorted(j - i for i, j in rollout_lib.decode_groups([1024] * 17)) == [1, 16]  # not 15 rows of padding
+    assert rollout_lib.decode_groups([]) == []
 
 
 def test_n_max_out_of_range_is_refused():
