@@ -262,7 +262,7 @@ def test_long_and_short_conversations_decode_in_calls_of_their_own_and_generate_
     # "loop" runs to a 300-token budget while the others stop early: their attention windows part ways.
     prompts = ["loop", "go", "ask", "go", "bad", "go"]
     runs = []
-    for call_cost in (10**9, 0):  # one call for every running slot; a call for every window
+    for call_cost in (10**9, 0):  # one call for all running slots; calls as small as the cost model allows
         monkeypatch.setattr(rollout_lib, "DECODE_CALL_POSITIONS", call_cost)
         eng, params = engine(slots=4, temperature=2.0, max_response_tokens=300)
         runs.append(eng.run(params, jobs(*prompts), jax.random.key(3)))
