@@ -221,19 +221,21 @@ class RolloutEngine:
         while pending or any(slots):
             t0 = time.perf_counter()
             if pending:
-                state = self._append(gen_params, state, pending)
+                state = self._append(gen_params, state, pending, m)
                 pending = []
             lengths, status = jax.device_get((state.cache.lengths, state.status))
             streams = np.asarray([0 if s is None else s.stream for s in slots], np.int32)
-            steps = []
+            steps, call_rows = [], []
             for rows, window, exit_stops in self._segment(lengths, status):
                 state, n = sampler.decode_segment(self.cfg, gen_params, state, self.stops, sp, c.segment_steps,
                                                   decode_key, window, rows, exit_stops, streams)
                 steps.append(n)
+                call_rows.append(B if rows is None else len(rows))
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
             device_s += time.perf_counter() - t0
             m["decode_steps"] += int(max(steps, default=0))
             m["decode_calls"] += len(steps)
+            m["decode_row_steps"] += sum(int(n) * r for n, r in zip(steps, call_rows))
             m["segments"] += 1
             stopped = [b for b, s in enumerate(slots) if s is not None and status[b] != sampler.RUNNING]
             if not stopped:
@@ -263,7 +265,7 @@ class RolloutEngine:
             state, admitted = self._admit(state, slots, queue, jobs, prefix)
             pending += admitted
             if reprefill:
-                state, pending = self._reprefill(gen_params, state, slots, pending)
+                state, pending = self._reprefill(gen_params, state, slots, pending, m)
 
         wall = time.perf_counter() - t_start
         device_s += m["refiner_score_s"]
@@ -346,17 +348,20 @@ class RolloutEngine:
             calls.append((None if len(rows) >= B else rows, int(windows[j - 1]), exits(j - i)))
         return calls
 
-    def _append(self, params, state, items, idle=frozenset()):
+    def _append(self, params, state, items, m, idle=frozenset()):
         """`append_rows` for (slot, ids, reset_cache, clear_response, generated) items; the slots then run (decode on)
         or, those in `idle`, stay idle (their next-token logits are only read: the refiner's follow-ups).
 
         Prefill is compute-bound, so the items go in the groups that pad the fewest tokens (`append_groups`), each
-        padded to its own longest chunk (bucketed). The slots' cache lengths size each group's attention window."""
+        padded to its own longest chunk (bucketed). The slots' cache lengths size each group's attention window.
+        `m` counts the tokens encoded, padded (`append_tokens`) and real (`append_valid_tokens`)."""
         lengths = jax.device_get(state.cache.lengths)
         items = sorted(items, key=lambda it: -len(it[1]))
         for i, j, n in append_groups([len(it[1]) for it in items]):
             C = T.bucket(len(items[i][1]), minimum=1, fine=True)
             state = self._append_group(params, state, items[i:j], idle, lengths, C, n)
+            m["append_tokens"] += n * C
+            m["append_valid_tokens"] += sum(len(it[1]) for it in items[i:j])
         return state
 
     def _append_group(self, params, state, items, idle, lengths, C, n):
@@ -482,7 +487,7 @@ class RolloutEngine:
                 if refiner.followup and refiner_params is None and refiner.max_candidate_len == 1:
                     num_steps = [len(t) for t in texts]
                     state, scores = self._score_in_slots(gen_params, state, refiner, [b for b, _, _ in cands],
-                                                         num_steps, pending)
+                                                         num_steps, pending, m)
                     pending = []
                     score_s = time.perf_counter() - t0
                     decisions = refiner.decisions([refiner.prompt_ids(t, s) for t, s in zip(partial, texts)],
@@ -523,18 +528,18 @@ class RolloutEngine:
             done.append((b, traj))
         return state, done, revise, pending
 
-    def _score_in_slots(self, params, state, refiner, rows, num_steps, pending):
+    def _score_in_slots(self, params, state, refiner, rows, num_steps, pending, m):
         """Appends the refiner's follow-up to finished slots (cache only, slots left idle) and reads the candidates'
         log-probs [n, max_turns+1] from their next-token logits: the trajectory is read from the cache, not re-encoded.
         The `pending` items (other slots' observations) go in the same append calls: a follow-up, scored when one or
         two slots finish, took a call of its own, 38 calls for 61 follow-ups in one refined rollout."""
         followups = [(b, refiner.followup_ids(t), False, False, False) for b, t in zip(rows, num_steps)]
-        state = self._append(params, state, pending + followups, idle=frozenset(rows))
+        state = self._append(params, state, pending + followups, m, idle=frozenset(rows))
         cands = np.asarray([c[0] for c in refiner.candidate_ids], np.int32)
         lp = np.asarray(jax.device_get(sampler.next_token_logprobs(state, self._rows(rows), cands)))[:len(rows)]
         return state, refiner.own_steps(lp, num_steps)
 
-    def _reprefill(self, params, state, slots, pending):
+    def _reprefill(self, params, state, slots, pending, m):
         """Baseline only: observation rows rebuild their whole cache from prompt + response instead of appending."""
         obs = [(b, ids) for b, ids, reset, _, gen in pending if gen and not reset]
         if not obs:
@@ -542,7 +547,7 @@ class RolloutEngine:
         tokens, length = jax.device_get((state.tokens, state.length))
         whole = [(b, list(slots[b].job.prompt_ids) + list(tokens[b, :length[b]]), True, False, False)
                  for b, _ in obs]  # the whole conversation, shared prompt prefix included, as Search-R1 re-encodes it
-        return self._append(params, state, whole), pending
+        return self._append(params, state, whole, m), pending
 
     @staticmethod
     def _trajectory(i, job, ids, logp, mask, turns, status, answer=None) -> T.Trajectory:
@@ -565,6 +570,11 @@ class RolloutEngine:
             "rollout/decode_steps": int(m["decode_steps"]),
             "rollout/segments": int(m["segments"]),
             "rollout/decode_calls": int(m["decode_calls"]),
+            # The work the device did, whatever the machine's speed: decoded rows x steps (bucket pads included),
+            # and the tokens appended (prompts, information blocks, follow-ups), padded and real.
+            "rollout/decode_row_steps": int(m["decode_row_steps"]),
+            "rollout/append_tokens": int(m["append_tokens"]),
+            "rollout/append_valid_tokens": int(m["append_valid_tokens"]),
             "rollout/retrieval_s": float(m["retrieval_s"]),
             "rollout/wall_s": wall,
             "rollout/host_fraction": max(0.0, 1.0 - device_s / wall) if wall > 0 else 0.0,

@@ -275,6 +275,28 @@ def test_long_and_short_conversations_decode_in_calls_of_their_own_and_generate_
         np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=1e-5, atol=1e-6)
 
 
+def test_work_counters_count_what_the_device_decoded_and_appended():
+    # One slot: each decode step is the one running row's token. The prompts are too short to share a prefix, so
+    # every prompt token is appended, as is every information block and invalid-action message (loss mask 0).
+    eng, params = engine(slots=1)
+    out = eng.run(params, jobs("go", "ask", "bad"), jax.random.key(0))
+    m = out.metrics
+    assert m["rollout/decode_row_steps"] == m["rollout/tokens_generated"] > 0
+    prompts = sum(len(t.job.prompt_ids) for t in out.trajectories)
+    observations = sum(int((t.loss_mask == 0).sum()) for t in out.trajectories)
+    assert m["rollout/append_valid_tokens"] == prompts + observations
+    assert m["rollout/append_tokens"] >= m["rollout/append_valid_tokens"]
+    # Four slots, a refiner that accepts: decode may pad rows to buckets; each judged trajectory adds its follow-up.
+    eng, params = engine(slots=4, refiner=True, refiner_choice="0")
+    out = eng.run(params, jobs("go", "ask", "bad", "go", "go"), jax.random.key(0))
+    m = out.metrics
+    assert m["rollout/decode_row_steps"] >= m["rollout/tokens_generated"]
+    followups = sum(len(eng.refiner.followup_ids(len(t.turns))) for t in out.trajectories if t.meta_actions)
+    assert followups > 0
+    assert m["rollout/append_valid_tokens"] == sum(len(t.job.prompt_ids) + int((t.loss_mask == 0).sum())
+                                                   for t in out.trajectories) + followups
+
+
 def test_decode_groups_cover_the_rows_in_order_at_the_least_modelled_cost():
     call, row = rollout_lib.DECODE_CALL_POSITIONS, rollout_lib.DECODE_ROW_POSITIONS
     cost = lambda w, groups: sum(call + T.bucket(j - i, minimum=1) * (row + w[j - 1]) for i, j in groups)
