@@ -225,17 +225,17 @@ class RolloutEngine:
                 pending = []
             lengths, status = jax.device_get((state.cache.lengths, state.status))
             streams = np.asarray([0 if s is None else s.stream for s in slots], np.int32)
-            steps, call_rows = [], []
-            for rows, window, exit_stops in self._segment(lengths, status):
+            calls, steps = self._segment(lengths, status), []
+            for rows, window, exit_stops in calls:
                 state, n = sampler.decode_segment(self.cfg, gen_params, state, self.stops, sp, c.segment_steps,
                                                   decode_key, window, rows, exit_stops, streams)
                 steps.append(n)
-                call_rows.append(B if rows is None else len(rows))
             status, kind, length, steps = jax.device_get((state.status, state.stop_kind, state.length, steps))
             device_s += time.perf_counter() - t0
             m["decode_steps"] += int(max(steps, default=0))
             m["decode_calls"] += len(steps)
-            m["decode_row_steps"] += sum(int(n) * r for n, r in zip(steps, call_rows))
+            m["decode_row_steps"] += sum(int(n) * (B if rows is None else len(rows))
+                                         for (rows, _, _), n in zip(calls, steps))
             m["segments"] += 1
             stopped = [b for b, s in enumerate(slots) if s is not None and status[b] != sampler.RUNNING]
             if not stopped:
