@@ -118,8 +118,11 @@ def test_sharded_step_equals_single_device():
     new, metrics = sharded(jax.device_put(state, shardings), batch)
     assert sharding.is_sharded(new.params["layers"]["wq"])
     np.testing.assert_allclose(float(metrics["train/loss"]), float(ref_metrics["train/loss"]), rtol=1e-5)
+    # Adam's first step moves each weight by about lr (1e-3), and by less where a gradient is near eps, where the
+    # sharded reduction order shows most: 2.2e-6 on an AMD EPYC (2e-6 passed elsewhere). 1% of a step still catches
+    # any sharding error, which moves weights by whole steps.
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref_state.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 def test_sequence_logprobs_align_with_tokens():
