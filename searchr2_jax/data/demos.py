@@ -145,9 +145,11 @@ class DemoWriter:
         if gold.isdigit():
             return str(int(gold) + rng.choice([-7, -3, 2, 5, 11]))
         kind = self.world.entity(ex.metadata["entity_path"][-1]).kind if len(ex.metadata["entity_path"]) > 1 else None
-        pool = [e.name for e in self.world.entities if e.kind == kind and e.name != gold] if kind else []
+        # Guesses come from the question's own region: a demonstration never names a held-out entity.
+        region = [e for e in self.world.entities if e.split == self.world.entity(ex.metadata["subject_id"]).split]
+        pool = [e.name for e in region if e.kind == kind and e.name != gold] if kind else []
         if not pool:  # languages: another country's language
-            pool = sorted({e.attrs["language"] for e in self.world.entities if e.kind == "country"} - {gold})
+            pool = sorted({e.attrs["language"] for e in region if e.kind == "country"} - {gold})
         return rng.choice(pool)
 
     def flaw_positions(self, ex: QAExample, flaw: str) -> list[int]:

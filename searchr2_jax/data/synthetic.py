@@ -5,7 +5,12 @@ one passage (Search-R1 corpus format `{"id", "contents": "\"Title\"\ntext"}`); p
 first name and each surname is shared by two people, and `distractor` entities never asked about add more
 namesakes), so a sloppy query retrieves the wrong person. Each question carries its gold supporting passage ids and
 the scripted query of each hop (in `QAExample.metadata`), used by the demonstrations and the retrieval test.
-Splits are by question *subject*: test/dev subjects never appear as the subject of a training question.
+
+Splits are by *region*: the world is three disjoint neighbourhoods (train, dev, test), each with its own countries,
+cities, universities, companies and people. Every relation and every namesake stays inside its region, so no fact a
+dev or test question needs is stated in a training question, its passages or a demonstration built from them: a
+held-out question can only be answered by searching. A fact is stated once: a person's passage does not list the
+companies they founded (that would let "the founder of X" and the founder's birthplace come from one search).
 
 Default size (`WorldConfig()`): about 2k entities and 10k questions, generated in about a second.
 """
@@ -71,7 +76,7 @@ class WorldConfig:
     num_universities: int = 80
     num_distractors: int = 100  # extra namesake people, never a question subject nor an answer
     num_questions: int = 10_000
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/dev/test, over question subjects
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/dev/test regions: share of each kind
 
     @classmethod
     def tiny(cls, seed: int = 0, num_questions: int = 600) -> "WorldConfig":
@@ -87,6 +92,7 @@ class Entity:
     name: str
     attrs: dict[str, Any]
     distractor: bool = False
+    split: str = "train"  # the region it belongs to (every entity it links to is in the same one)
 
 
 @dataclasses.dataclass
@@ -100,14 +106,24 @@ class World:
     def entity(self, eid: int) -> Entity:
         return self.entities[eid]
 
-    def corpus(self) -> list[dict[str, str]]:
-        return list(self.passages)
+    def corpus(self, split: str | None = None) -> list[dict[str, str]]:
+        """Every passage, or only those of one region (training retrieval searches the training region only)."""
+        if split is None:
+            return list(self.passages)
+        return [p for p, e in zip(self.passages, self.entities) if e.split == split]
 
     def lookalikes(self, eid: int) -> list[int]:
         """Entities of the same kind that share a name part with `eid` (first name or surname; company stem)."""
         e = self.entities[eid]
         key = _name_key(e)
         return [x.id for x in self.entities if x.id != eid and x.kind == e.kind and key & _name_key(x)]
+
+    def name_words(self) -> set[str]:
+        """Every word of an entity's name, and every language: what no region shares with another. The common
+        words of names (company suffixes, "University") are left out."""
+        common = {"University", *_COMPANY_SUFFIXES}
+        words = {w for e in self.entities for w in e.name.split() if w not in common}
+        return words | {e.attrs["language"] for e in self.entities if e.kind == "country"}
 
     def hop_query(self, eid: int, keyword: str) -> str:
         return f"{self.entities[eid].name} {keyword}"
@@ -120,6 +136,15 @@ def _name_key(e: Entity) -> set[str]:
     return set(parts) - {"University"}
 
 
+def syllable_word(rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> str:
+    """One capitalized name of 4-12 letters built from the world's syllables (not necessarily new)."""
+    while True:
+        n = rng.randint(*syllables)
+        w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n)).capitalize()
+        if 4 <= len(w) <= 12:
+            return w
+
+
 class _Names:
     """Unique syllable names; `word()` never returns the same string twice."""
 
@@ -129,10 +154,8 @@ class _Names:
 
     def word(self, syllables: tuple[int, int] = (2, 3)) -> str:
         for _ in range(10_000):
-            n = self.rng.randint(*syllables)
-            w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS) for _ in range(n))
-            w = w.capitalize()
-            if w not in self.used and 4 <= len(w) <= 12:
+            w = syllable_word(self.rng, syllables)
+            if w not in self.used:
                 self.used.add(w)
                 return w
         raise RuntimeError("name space exhausted; use fewer entities")
@@ -146,11 +169,8 @@ def _passage_text(e: Entity, ents: list[Entity]) -> str:
     a, n = e.attrs, e.name
     name = lambda k: ents[a[k]].name  # noqa: E731
     if e.kind == "person":
-        text = (f"{n} (born {a['birth_year']}) is {_article(a['occupation'])} born in {name('birth_city')}. {n} studied at "
+        return (f"{n} (born {a['birth_year']}) is {_article(a['occupation'])} born in {name('birth_city')}. {n} studied at "
                 f"{name('university')} and works for {name('employer')}.")
-        if a.get("founded"):
-            text += f" {n} founded " + ", ".join(ents[c].name for c in a["founded"]) + "."
-        return text
     if e.kind == "company":
         return (f"{n} is {_article(a['industry'])} company headquartered in {name('headquarters')}. {n} was founded by "
                 f"{name('founder')}.")
@@ -164,34 +184,53 @@ def _passage_text(e: Entity, ents: list[Entity]) -> str:
     raise ValueError(f"unknown entity kind {e.kind!r}")
 
 
-def _build_entities(cfg: WorldConfig, rng: random.Random) -> list[Entity]:
-    names = _Names(rng)
-    ents: list[Entity] = []
+SPLITS = ("train", "dev", "test")
+# The fewest of each kind a region needs: two countries (a country question has a wrong namesake-free answer to
+# confuse), a capital per country, a university, a company stem pair, and people in namesake pairs.
+_REGION_MIN = {"countries": 2, "cities": 2, "universities": 1, "companies": 2, "people": 4, "distractors": 0}
+
+
+def _region_counts(cfg: WorldConfig) -> dict[str, dict[str, int]]:
+    """How many entities of each kind each region gets: the split fractions, at least `_REGION_MIN`."""
+    totals = dict(countries=cfg.num_countries, cities=cfg.num_cities, universities=cfg.num_universities,
+                  companies=cfg.num_companies, people=cfg.num_people, distractors=cfg.num_distractors)
+    out = {s: {} for s in SPLITS}
+    for kind, n in totals.items():
+        held = [max(_REGION_MIN[kind], round(n * f)) for f in cfg.split_fractions[1:]]
+        sizes = [max(_REGION_MIN[kind], n - sum(held)), *held]
+        for split, size in zip(SPLITS, sizes):
+            out[split][kind] = size
+    for split in SPLITS:
+        out[split]["cities"] = max(out[split]["cities"], out[split]["countries"])
+        # People come in namesake pairs: an odd count would leave one without a namesake, so add a distractor.
+        out[split]["distractors"] += (out[split]["people"] + out[split]["distractors"]) % 2
+    return out
+
+
+def _build_region(split: str, counts: dict[str, int], names: _Names, suffixes: list[str], rng: random.Random,
+                  ents: list[Entity]) -> None:
+    """One region's entities, appended to `ents`; every link and every namesake stays inside the region."""
 
     def add(kind: str, name: str, distractor: bool = False) -> Entity:
-        e = Entity(len(ents), kind, name, {}, distractor)
+        e = Entity(len(ents), kind, name, {}, distractor, split)
         ents.append(e)
         return e
 
-    countries = [add("country", names.word()) for _ in range(cfg.num_countries)]
-    cities = [add("city", names.word()) for _ in range(cfg.num_cities)]
-    unis = [add("university", f"{names.word((2, 2))} University") for _ in range(cfg.num_universities)]
-    stems = [names.word() for _ in range((cfg.num_companies + 1) // 2)]  # two companies per stem: look-alikes
-    suffixes = rng.sample(_COMPANY_SUFFIXES, 2)
-    companies = [add("company", f"{stems[i // 2]} {suffixes[i % 2]}") for i in range(cfg.num_companies)]
+    countries = [add("country", names.word()) for _ in range(counts["countries"])]
+    cities = [add("city", names.word()) for _ in range(counts["cities"])]
+    unis = [add("university", f"{names.word((2, 2))} University") for _ in range(counts["universities"])]
+    stems = [names.word() for _ in range((counts["companies"] + 1) // 2)]  # two companies per stem: look-alikes
+    companies = [add("company", f"{stems[i // 2]} {suffixes[i % 2]}") for i in range(counts["companies"])]
     # People: every first name and every surname is used twice, so each person has two namesakes.
-    total = cfg.num_people + cfg.num_distractors
+    total = counts["people"] + counts["distractors"]
     firsts = [names.word((2, 2)) for _ in range((total + 1) // 2)] * 2
     lasts = [names.word() for _ in range((total + 1) // 2)] * 2
     rng.shuffle(lasts)
-    full, seen = [], set()
-    for f, last in zip(firsts, lasts):
-        nm = f"{f} {last}"
-        if nm not in seen:
-            seen.add(nm)
-            full.append(nm)
-    people = [add("person", nm, distractor=i >= cfg.num_people) for i, nm in enumerate(full[:total])]
-    languages = [names.word((2, 2)) + "ish" for _ in range(cfg.num_countries)]
+    while len({(f, last) for f, last in zip(firsts, lasts)}) < len(firsts):  # a repeated full name: pair again
+        rng.shuffle(lasts)
+    full = [f"{f} {last}" for f, last in zip(firsts, lasts)]
+    people = [add("person", nm, distractor=i >= counts["people"]) for i, nm in enumerate(full[:total])]
+    languages = [names.word((2, 2)) + "ish" for _ in countries]
 
     for i, c in enumerate(countries):
         c.attrs["language"] = languages[i]
@@ -205,12 +244,19 @@ def _build_entities(cfg: WorldConfig, rng: random.Random) -> list[Entity]:
     for p in people:
         p.attrs.update(birth_city=rng.choice(cities).id, employer=rng.choice(companies).id,
                        university=rng.choice(unis).id, birth_year=rng.randint(1900, 2000),
-                       occupation=rng.choice(_OCCUPATIONS), founded=[])
+                       occupation=rng.choice(_OCCUPATIONS))
     real_people = [p for p in people if not p.distractor]
     for co in companies:
-        founder = rng.choice(real_people)
-        co.attrs.update(industry=rng.choice(_INDUSTRIES), headquarters=rng.choice(cities).id, founder=founder.id)
-        founder.attrs["founded"].append(co.id)
+        co.attrs.update(industry=rng.choice(_INDUSTRIES), headquarters=rng.choice(cities).id,
+                        founder=rng.choice(real_people).id)
+
+
+def _build_entities(cfg: WorldConfig, rng: random.Random) -> list[Entity]:
+    names = _Names(rng)
+    suffixes = rng.sample(_COMPANY_SUFFIXES, 2)
+    ents: list[Entity] = []
+    for split, counts in _region_counts(cfg).items():
+        _build_region(split, counts, names, suffixes, rng, ents)
     return ents
 
 
@@ -241,15 +287,8 @@ def generate_world(config: WorldConfig | None = None, **overrides) -> World:
     ents = _build_entities(cfg, rng)
     passages = [{"id": str(e.id), "contents": f'"{e.name}"\n{_passage_text(e, ents)}'} for e in ents]
 
-    # Split question subjects (not questions) so no test subject is ever a training subject.
     subjects = [e for e in ents if not e.distractor and e.kind in ("person", "company", "city", "country")]
-    order = list(range(len(subjects)))
-    rng.shuffle(order)
-    n_train = int(cfg.split_fractions[0] * len(order))
-    n_dev = int(cfg.split_fractions[1] * len(order))
-    split_of = {}
-    for rank, i in enumerate(order):
-        split_of[subjects[i].id] = "train" if rank < n_train else "dev" if rank < n_train + n_dev else "test"
+    split_of = {e.id: e.split for e in subjects}
 
     by_hops: dict[int, list[QAExample]] = {1: [], 2: [], 3: []}
     for tpl in TEMPLATES:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Iterator
 
-from searchr2_jax.data.synthetic import World
+from searchr2_jax.data.synthetic import World, syllable_word
 from searchr2_jax.text.protocol import INVALID_ACTION_MESSAGE, PROMPT_TEMPLATE, PROTOCOL_TAGS
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
@@ -23,21 +24,41 @@ CHATML_TEMPLATE = (
 )
 
 
+_WORD_RE = re.compile(r"[A-Z][a-z]+")
+
+
 def world_texts(world: World, num_demos: int = 2000, seed: int = 0) -> Iterator[str]:
-    """The training text: passages, questions, the prompt template, and a sample of demos and refiner prompts."""
+    """The training text: passages, questions, the prompt template, and a sample of demos and refiner prompts, with
+    every name word replaced by a fresh random name of the same syllables.
+
+    A name seen whole in this text would become one token, and a token that only held-out entities use is never
+    trained: the model could not copy a held-out name out of the question or a passage. With fresh names the BPE
+    learns the syllables instead, which every name of every region is made of."""
     from searchr2_jax.data.demos import DemoWriter  # demos imports this package's modules; keep import local
 
-    yield PROMPT_TEMPLATE
-    yield INVALID_ACTION_MESSAGE
-    for p in world.passages:
-        yield p["contents"]
-    for q in world.questions:
-        yield q.question
     rng = random.Random(seed)
-    sample = rng.sample(world.questions, min(num_demos, len(world.questions)))
-    for demo in DemoWriter(world).demos(sample, seed=seed):
-        yield "".join(s.text for s in demo.response)
-        yield "".join(s.text for s in demo.refiner_segments())
+    names = world.name_words()
+
+    def fresh(m: re.Match) -> str:
+        w = m.group(0)
+        if w not in names:
+            return w
+        return syllable_word(rng, (2, 2)) + "ish" if w.endswith("ish") else syllable_word(rng)
+
+    def texts() -> Iterator[str]:
+        yield PROMPT_TEMPLATE
+        yield INVALID_ACTION_MESSAGE
+        for p in world.passages:
+            yield p["contents"]
+        for q in world.questions:
+            yield q.question
+        sample = rng.sample(world.questions, min(num_demos, len(world.questions)))
+        for demo in DemoWriter(world).demos(sample, seed=seed):
+            yield "".join(s.text for s in demo.response)
+            yield "".join(s.text for s in demo.refiner_segments())
+
+    for text in texts():
+        yield _WORD_RE.sub(fresh, text)
 
 
 def train_world_tokenizer(world: World, vocab_size: int = 4096, out_dir: str | None = None, seed: int = 0):

@@ -58,3 +58,20 @@ def test_demo_text_round_trips_and_is_compact(world, tok_dir):
 def test_too_small_vocab_rejected(world):
     with pytest.raises(ValueError, match="vocab_size"):
         train_world_tokenizer(world, 100)
+
+
+@pytest.mark.slow
+def test_held_out_names_are_spelled_with_tokens_that_training_shows():
+    """A token only held-out names use is never trained, and the model could not copy it. The BPE learns syllables
+    from random names, so (nearly) every token of a test question also occurs in the training demonstrations."""
+    world = generate_world()
+    tok = train_world_tokenizer(world, 768)
+    seen = set()
+    for d in DemoWriter(world).demos(world.splits["train"], seed=0):
+        seen |= set(tokenize_segments(tok, d.sft_segments())[0].tolist())
+    test = world.splits["test"]
+    unseen = [q for q in test if set(tok.encode(" " + q.question, add_special_tokens=False)) - seen]
+    assert len(unseen) <= 0.02 * len(test), len(unseen)
+    # names are not whole tokens
+    names = [w for w in world.name_words() if len(w) >= 6]
+    assert sum(len(tok.encode(" " + w, add_special_tokens=False)) == 1 for w in names) <= 0.01 * len(names)
