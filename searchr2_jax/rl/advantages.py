@@ -50,6 +50,27 @@ def grpo_advantages(rewards: jax.Array, group_ids: jax.Array, normalize_std: boo
     return jnp.where(w > 0, centered, 0.0)
 
 
+def sequence_advantages(rewards: jax.Array, group_ids: jax.Array, keep: jax.Array | None = None,
+                        normalize_std: bool = True, rejection_sampling: bool = False) -> jax.Array:
+    """Per-sequence advantages [N] f32: GRPO's group normalization, or 1 for a positive reward under rejection
+    sampling (learn only from successes, as SFT would). Rows with `keep` False (an infrastructure fault such as a
+    failed retrieval, not a wrong answer) get 0 and stay out of their group's mean and std."""
+    keep = jnp.ones(rewards.shape, bool) if keep is None else jnp.asarray(keep, bool)
+    if rejection_sampling:
+        return jnp.where(keep & (rewards > 0), 1.0, 0.0).astype(jnp.float32)
+    return grpo_advantages(rewards, group_ids, normalize_std=normalize_std, valid=keep)
+
+
+def drop_rows(keep: jax.Array, loss_mask: jax.Array, meta_mask: jax.Array,
+              meta_index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(loss_mask, meta_mask) f32 with zero weight on the rows where `keep` [N] is False and on the meta-action
+    rows [M] that point to them (`meta_index`, -1 on padding rows)."""
+    keep = jnp.asarray(keep, bool)
+    meta_keep = (meta_index >= 0) & keep[jnp.maximum(meta_index, 0)]
+    return (jnp.where(keep[:, None], loss_mask, 0).astype(jnp.float32),
+            jnp.where(meta_keep[:, None], meta_mask, 0).astype(jnp.float32))
+
+
 def terminal_rewards(scores: jax.Array, mask: jax.Array) -> jax.Array:
     """Token rewards [B, T] for PPO: each sequence's scalar score [B] at its last loss token (mask > 0), zero
     elsewhere (verl's reward placement; a row without loss tokens gets none)."""

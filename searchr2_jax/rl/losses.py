@@ -1,17 +1,20 @@
 """PPO-clip policy loss with KL to the reference, and the clipped value loss, as (sum, denominator, metrics).
 
-A loss comes back as a sum and its denominator, never as a mean: the train step sums both over micro-batches and
-divides once, so the loss is a mean over the *global* batch and splitting it never changes it (Tunix's
-`LossOutput`, MaxText's `total_weights`). The denominator follows `cfg.loss_agg`:
+A loss comes back as a sum and its denominator, never as a mean: the sums add up over micro-batches and the train
+step divides them by the denominator of the whole batch (`denominator`), so the loss is a mean over the *global*
+batch and splitting it never changes it (Tunix's `LossOutput`, MaxText's `total_weights`). The denominator follows
+`cfg.loss_agg`:
 
   token-mean               sum over tokens of l / number of loss tokens                     (verl default)
   seq-mean-token-mean      sum over sequences of (mean over its tokens of l) / number of sequences (paper Eq. 2's 1/L_i)
   seq-mean-token-sum       sum over tokens of l / number of sequences
   seq-mean-token-sum-norm  sum over tokens of l / (number of sequences * T)                 (Dr.GRPO's constant)
 
-"Sequences" are rows with at least one loss token. All per-token inputs are [B, T]; `mask` is 1 on model-generated
-tokens only (prompt, retrieved `<information>` and padding are 0), and masked entries of every input are ignored
-(replaced by 0 before any arithmetic, so even inf/NaN there gives a finite loss and an exactly zero gradient).
+"Sequences" are rows with at least one loss token. The Meta-Refiner's meta-action rows join the trajectory rows in
+the same aggregation, each with weight `meta_weight` in both the sum and the denominator. All per-token inputs are
+[B, T]; `mask` is 1 on model-generated tokens only (prompt, retrieved `<information>` and padding are 0), and masked
+entries of every input are ignored (replaced by 0 before any arithmetic, so even inf/NaN there gives a finite loss
+and an exactly zero gradient).
 Metrics are means over this call's loss tokens (the caller weights them by the token count to merge micro-batches).
 """
 
@@ -40,12 +43,16 @@ def default_loss_config() -> ml_collections.ConfigDict:
         vf_coef=0.5,  # PPO critic weight in the joint loss
         value_clip=0.5,  # Search-R1 critic.cliprange_value (None disables)
         loss_agg="token-mean",
+        # Weight of a meta-action row relative to a trajectory row, in the numerator and in the denominator of
+        # `loss_agg` alike (token-mean: per token; seq-mean-*: per sequence). 1 counts both kinds alike, 0 drops
+        # the meta-actions from the loss.
+        meta_weight=1.0,
     ))
 
 
 def check_loss_config(cfg) -> None:
     """Raises ValueError naming the field of a bad loss config (at trace time: no cost in the step)."""
-    for name in ("clip_eps_low", "clip_eps_high", "kl_coef", "entropy_coef", "kl_clamp"):
+    for name in ("clip_eps_low", "clip_eps_high", "kl_coef", "entropy_coef", "kl_clamp", "meta_weight"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"loss config: {name}={getattr(cfg, name)} must be >= 0")
     if cfg.clip_ratio_c and cfg.clip_ratio_c <= 1.0:
@@ -80,6 +87,19 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "low_var_k
     raise ValueError(f"kl_estimator={estimator!r}: expected one of {KL_ESTIMATORS} (or k1/k2/k3)")
 
 
+def denominator(mask: jax.Array, mode: str = "token-mean") -> jax.Array:
+    """The denominator of `mode` (see the module doc) for a [B, T] mask (may be float)."""
+    m = mask.astype(jnp.float32)
+    rows = jnp.sum((jnp.sum(m, axis=1) > 0).astype(jnp.float32))
+    if mode == "token-mean":
+        return jnp.sum(m)
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
+        return rows
+    if mode == "seq-mean-token-sum-norm":
+        return rows * mask.shape[1]
+    raise ValueError(f"loss_agg={mode!r}: expected one of {LOSS_AGGS}")
+
+
 def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token-mean") -> tuple[jax.Array, jax.Array]:
     """(sum, denominator) of a [B, T] per-token loss under `mode` (see the module doc); mask [B, T] may be float.
 
@@ -87,17 +107,10 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token-mean") -
     """
     m = mask.astype(jnp.float32)
     x = jnp.where(m > 0, per_token, 0.0) * m
-    row_w = jnp.sum(m, axis=1)  # [B] tokens (weights) per row
-    rows = jnp.sum((row_w > 0).astype(jnp.float32))
-    if mode == "token-mean":
-        return jnp.sum(x), jnp.sum(m)
+    denom = denominator(m, mode)
     if mode == "seq-mean-token-mean":
-        return jnp.sum(jnp.sum(x, axis=1) / jnp.maximum(row_w, 1e-8)), rows
-    if mode == "seq-mean-token-sum":
-        return jnp.sum(x), rows
-    if mode == "seq-mean-token-sum-norm":
-        return jnp.sum(x), rows * mask.shape[1]
-    raise ValueError(f"loss_agg={mode!r}: expected one of {LOSS_AGGS}")
+        return jnp.sum(jnp.sum(x, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-8)), denom
+    return jnp.sum(x), denom
 
 
 def _mean(x, m, safe):

@@ -4,8 +4,8 @@ Read top to bottom:
   1. the batch: trajectory sequences (prompt + response) with the loss mask (1 only on model-generated tokens),
      sampling log-probs and per-token advantages; plus the Meta-Refiner's meta-action sequences (refiner prompt +
      chosen integer) carrying the advantage of the trajectory they produced (joint optimization, paper §2.5);
-  2. global denominators: the loss is a token mean over the *whole* batch (trajectory and meta tokens together),
-     so splitting it into micro-batches never changes it;
+  2. global denominators: the loss is a mean over the *whole* batch under `loss_agg` (trajectory and meta-action
+     rows together, the latter weighted by `meta_weight`), so splitting it into micro-batches never changes it;
   3. micro-batches run as a `lax.scan` inside the jit, each adding the gradient of its share of the global loss;
   4. PPO-clip + KL to the frozen reference (+ optional entropy, + the critic's clipped value loss for PPO);
   5. a non-finite loss or gradient skips the update (counted in `train/skipped`), never applied.
@@ -93,6 +93,7 @@ def _apply(state: TrainState, optimizer, loss, grads, metrics):
 def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, optimizer, num_micro: int = 1,
                     use_critic: bool = False, temperature: float = 1.0):
     """Builds the jittable `train_step(state, batch) -> (state, metrics)` for GRPO (default) or PPO."""
+    losses.check_loss_config(loss_cfg)
     use_kl = loss_cfg.kl_coef > 0
 
     def policy_terms(params, ref_params, tokens, valid, mask, old_lp, adv, temperature):
@@ -110,7 +111,8 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         # the meta-action's policy is the untempered distribution, whatever the Actor's sampling temperature.
         msum, mm, _ = policy_terms(params, ref_params, mb.meta_tokens, mb.meta_valid, mb.meta_mask,
                                    mb.meta_old_logprobs, mb.meta_advantages, 1.0)
-        loss = (psum + msum) / denom
+        # Sums (of per-row means under seq-mean-token-mean) over the whole batch's denominator, not this part's.
+        loss = (psum + loss_cfg.meta_weight * msum) / denom
         # Each metric of `policy_loss` is a mean over its own tokens: weight it back to a sum and divide by the
         # global count of the same tokens, so the summed micro-batch metrics are means over the whole batch.
         tok = jnp.sum(mb.loss_mask)
@@ -125,7 +127,9 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         return loss, metrics
 
     def train_step(state: TrainState, batch: StepBatch):
-        denom = jnp.maximum(jnp.sum(batch.loss_mask) + jnp.sum(batch.meta_mask), 1.0)
+        denom = (losses.denominator(batch.loss_mask, loss_cfg.loss_agg)
+                 + loss_cfg.meta_weight * losses.denominator(batch.meta_mask, loss_cfg.loss_agg))
+        denom = jnp.where(denom > 0, denom, 1.0)  # not a floor of 1: meta_weight may make it fractional
         tok_denom = jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
         meta_denom = jnp.maximum(jnp.sum(batch.meta_mask), 1.0)
         micro = jax.tree.map(lambda x: _split(x, num_micro), batch)

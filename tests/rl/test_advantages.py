@@ -85,6 +85,32 @@ def test_grpo_singleton_and_padding_rows():
         A.grpo_advantages(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32))
 
 
+@pytest.mark.parametrize("normalize_std", [True, False])
+def test_faulty_rows_get_no_advantage_and_leave_the_group_statistics_unchanged(normalize_std):
+    """A retrieval fault is no wrong answer: the other rows' advantages are those of the batch without it."""
+    ids = np.asarray([4, 4, 4, 9, 9, 9, 9])
+    r = np.asarray([1.0, 0.0, 0.0, 1.0, 0.5, 0.0, 0.0], np.float32)
+    keep = np.asarray([True, True, False, True, True, False, True])
+    adv = np.asarray(A.sequence_advantages(jnp.asarray(r), jnp.asarray(ids), jnp.asarray(keep), normalize_std))
+    without = np.asarray(A.sequence_advantages(jnp.asarray(r[keep]), jnp.asarray(ids[keep]),
+                                               normalize_std=normalize_std))
+    np.testing.assert_allclose(adv[keep], without, rtol=1e-6)
+    assert np.all(adv[~keep] == 0.0)
+    rs = np.asarray(A.sequence_advantages(jnp.asarray(r), jnp.asarray(ids), jnp.asarray(keep),
+                                          rejection_sampling=True))
+    np.testing.assert_array_equal(rs, [1, 0, 0, 1, 1, 0, 0])
+
+
+def test_drop_rows_zeroes_faulty_rows_and_their_meta_actions():
+    loss_mask = np.asarray([[0, 1, 1], [0, 1, 0], [1, 1, 1]], np.int8)
+    meta_mask = np.asarray([[0, 1], [0, 1], [0, 1], [0, 0]], np.int8)
+    meta_index = np.asarray([1, 0, 1, -1])  # the last meta row is padding
+    lm, mm = A.drop_rows(np.asarray([True, False, True]), loss_mask, meta_mask, meta_index)
+    np.testing.assert_array_equal(np.asarray(lm), [[0, 1, 1], [0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(np.asarray(mm), [[0, 0], [0, 1], [0, 0], [0, 0]])
+    assert lm.dtype == mm.dtype == jnp.float32
+
+
 def test_gae_by_hand_bridges_a_masked_span():
     # gamma = lam = 0.5; tokens 2, 3 are a retrieved span (their rewards 7 and values 9 must be ignored).
     r = jnp.asarray([[0.0, 0.0, 7.0, 7.0, 1.0]])

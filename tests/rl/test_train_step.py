@@ -3,12 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.rl.losses import default_loss_config
+from searchr2_jax.rl.losses import LOSS_AGGS, default_loss_config
 from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, sequence_logprobs
 
 CFG = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -90,6 +91,91 @@ def test_on_policy_ratio_metrics_are_one_for_trajectory_and_meta_tokens(n_micro,
     np.testing.assert_allclose(float(metrics["train/ratio"]), 1.0, atol=1e-5)
     np.testing.assert_allclose(float(metrics["train/meta_ratio"]), 1.0, atol=1e-5)
     assert float(metrics["train/clip_frac"]) == 0.0
+
+
+def _on_policy_batch(params, seed=1) -> StepBatch:
+    """Old log-probs from `params` (ratio 1, so with kl_coef 0 each token's loss is -A), per-token advantages, rows
+    of different lengths, a trajectory row and padding meta rows without loss tokens, a two-token meta-action."""
+    b = _batch()
+    rng = np.random.default_rng(seed)
+    mask = b.loss_mask.copy()
+    mask[3] = 0.0
+    mmask = b.meta_mask.copy()
+    mmask[0, 10] = 1.0
+    mmask[5:] = 0.0
+    lp = np.asarray(sequence_logprobs(CFG, params, b.tokens, b.valid)[0]) * mask
+    mlp = np.asarray(sequence_logprobs(CFG, params, b.meta_tokens, b.meta_valid)[0]) * mmask
+    return b._replace(loss_mask=mask, old_logprobs=lp.astype(np.float32),
+                      advantages=(rng.normal(size=mask.shape) * mask).astype(np.float32), meta_mask=mmask,
+                      meta_old_logprobs=mlp.astype(np.float32),
+                      meta_advantages=(rng.normal(size=mmask.shape) * mmask).astype(np.float32))
+
+
+def _hand_loss(b: StepBatch, mode: str, w: float) -> float:
+    """The loss of the module doc of `losses`, with per-token loss -A and meta rows weighted by w."""
+
+    def part(mask, adv):
+        loss, rows = -adv * mask, mask.sum(1) > 0
+        if mode == "seq-mean-token-mean":
+            total = sum(loss[r].sum() / mask[r].sum() for r in np.flatnonzero(rows))
+        else:
+            total = loss.sum()
+        denom = {"token-mean": mask.sum(), "seq-mean-token-mean": rows.sum(), "seq-mean-token-sum": rows.sum(),
+                 "seq-mean-token-sum-norm": rows.sum() * mask.shape[1]}[mode]
+        return total, denom
+
+    (s, d), (ms, md) = part(b.loss_mask, b.advantages), part(b.meta_mask, b.meta_advantages)
+    return (s + w * ms) / (d + w * md)
+
+
+def _sgd_state():
+    """Plain SGD with lr 1: the update is minus the gradient."""
+    opt = optax.sgd(1.0)
+    return state_lib.init_state(decoder.init_params(CFG, jax.random.key(0), std=0.1), opt, jax.random.key(1),
+                                with_reference=False), opt
+
+
+@pytest.mark.slow  # two compiles per mode
+@pytest.mark.parametrize("mode", LOSS_AGGS)
+def test_loss_agg_and_meta_weight_follow_the_formula_whatever_the_micro_batches(mode):
+    """meta_weight 1 under token-mean is the plain token mean over trajectory and meta tokens together."""
+    state, opt = _sgd_state()
+    batch = _on_policy_batch(state.params)
+    expected = {w: _hand_loss(batch, mode, w) for w in (1.0, 3.0)}
+    assert abs(expected[1.0] - expected[3.0]) > 1e-3  # the meta rows' weight shows
+    for n_micro, w in ((1, 1.0), (2, 3.0)):
+        cfg = _loss_cfg(0.0)
+        cfg.update(dict(loss_agg=mode, meta_weight=w))
+        _, metrics = jax.jit(make_train_step(CFG, cfg, opt, num_micro=n_micro))(state, batch)
+        np.testing.assert_allclose(float(metrics["train/loss"]), expected[w], rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{mode}, {n_micro} micro-batches, meta_weight {w}")
+
+
+def test_loss_aggs_differ_on_the_test_batch():
+    params = decoder.init_params(CFG, jax.random.key(0), std=0.1)
+    batch = _on_policy_batch(params)
+    values = [_hand_loss(batch, mode, 1.0) for mode in LOSS_AGGS]
+    assert min(abs(a - b) for i, a in enumerate(values) for b in values[i + 1:]) > 1e-3
+
+
+def test_meta_weight_zero_gives_the_gradient_without_meta_rows():
+    state, opt = _sgd_state()
+    batch = _on_policy_batch(state.params)
+    updates = []
+    for w, b in ((0.0, batch), (1.0, batch._replace(meta_mask=np.zeros_like(batch.meta_mask)))):
+        cfg = _loss_cfg(0.0)
+        cfg.update(dict(loss_agg="seq-mean-token-mean", meta_weight=w))
+        new, _ = jax.jit(make_train_step(CFG, cfg, opt))(state, b)
+        updates.append(jax.tree.leaves(jax.tree.map(lambda a, o: np.asarray(a - o), new.params, state.params)))
+    for a, b in zip(*updates):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_meta_weight_must_be_non_negative():
+    cfg = _loss_cfg(0.0)
+    cfg.meta_weight = -1.0
+    with pytest.raises(ValueError, match="meta_weight"):
+        make_train_step(CFG, cfg, optax.sgd(1.0))
 
 
 def test_non_finite_loss_skips_the_update():
