@@ -24,6 +24,7 @@ CORE = [
     "gguf==0.19.0",
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
+    "matplotlib==3.11.2",  # the experiment's learning curves (Agg backend, no display)
 ]
 
 setup(

@@ -72,7 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.optim.schedule = "cosine"
     c.train = ml_collections.ConfigDict(dict(
         steps=300, prompts_per_step=512, micro_batches=1, log_every=1, eval_every=50, ckpt_every=50,
-        keep_checkpoints=3, progress=True))
+        keep_checkpoints=3, progress=True,
+        # Every N RL steps (0 = never), with the refiner on: the Prop. 4.1 / 4.2 terms on this many training prompts.
+        diagnostics_every=0, diagnostics_prompts=32))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c
 

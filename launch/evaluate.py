@@ -50,7 +50,7 @@ def main(argv):
             raise app.UsageError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate")
         logging.info("evaluating step %d on %d questions (Actor only, greedy)", step, len(trainer.eval_examples))
         t0 = time.time()
-        table = eval_lib.evaluate(trainer.engine, trainer.state.params, trainer.eval_examples,
+        table = eval_lib.evaluate(trainer.eval_engine, trainer.state.params, trainer.eval_examples,
                                   jax.random.fold_in(trainer.eval_rng, step), chat=config.model.chat,
                                   batch_size=_BATCH.value)
         wall = time.time() - t0

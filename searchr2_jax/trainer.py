@@ -148,11 +148,15 @@ class Trainer:
             # The first data.eval_examples of each eval file, so that every dataset gets a row in the table.
             self.eval_examples = [ex for f in _files(d.eval_files) for ex in qa_lib.read_qa_file(f)[: d.eval_examples]]
             self.retriever = build_retriever(config.retrieval)
+            self.train_retriever = self.retriever
         else:
             self.world = synthetic.generate_world(synthetic.WorldConfig(**d.world))
             self.train_examples = self.world.splits[d.train_split]
             self.eval_examples = self.world.splits[d.eval_split][: d.eval_examples]
+            # Evaluation searches the whole world; training (rollouts and demonstrations) searches its own region
+            # only, so no held-out passage ever reaches a training context.
             self.retriever = build_retriever(config.retrieval, corpus=self.world.corpus())
+            self.train_retriever = build_retriever(config.retrieval, corpus=self.world.corpus(d.train_split))
         self.tokenizer = self._tokenizer()
         self.mesh = sharding.make_mesh(config.mesh, devices)
         # Multi-host: every host rolls out its own prompts on its own devices (the engine reads its arrays back on
@@ -166,8 +170,10 @@ class Trainer:
 
         # --- rollout engine (Actor + Meta-Refiner share the model)
         refiner = MetaRefiner(self.model_cfg, self.tokenizer, config.refiner, config.rollout.max_turns)
-        self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner,
+        self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.train_retriever, config.rollout, refiner,
                                     mesh=self.local_mesh)
+        self.eval_engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner,
+                                         mesh=self.local_mesh)
         self.judge = self._judge()
 
         # --- optimization
@@ -198,6 +204,7 @@ class Trainer:
         self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
         self.writer = metrics_lib.MetricWriter(workdir)
         self._demo_writer = None
+        self._regen_engine = None
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -248,7 +255,8 @@ class Trainer:
         Multi-host: this host's sft.batch_size / process_count rows, drawn with the process index in the seed."""
         c = self.config.sft
         if self._demo_writer is None:
-            self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk, retriever=self.retriever)
+            self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk,
+                                                     retriever=self.train_retriever)
         procs = jax.process_count()
         rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
         examples = self.train_examples
@@ -294,15 +302,20 @@ class Trainer:
         return trajs, reward, _across_processes(metrics)
 
     def step_batch(self, trajs, reward) -> StepBatch:
-        """Advantages (GRPO by group id, or rejection sampling), broadcast onto generated and meta-action tokens."""
+        """Advantages (GRPO by group id, or rejection sampling), broadcast onto generated and meta-action tokens.
+
+        A `retrieval_error` row is an infrastructure fault, not a wrong answer: it and its meta-actions get zero
+        loss weight and stay out of the group (or PPO whitening) statistics; `self.step_batch_metrics` counts them.
+        """
         c = self.config
         ppo = c.rl.algo == "ppo"
-        if c.rl.rejection_sampling:
-            seq_adv = (reward > 0).astype(np.float32)  # learn only from successful trajectories, as SFT would
-        elif not ppo:
-            gid = np.asarray([t.job.group_id for t in trajs])
-            seq_adv = np.asarray(adv_lib.grpo_advantages(jnp.asarray(reward), jnp.asarray(
-                np.unique(gid, return_inverse=True)[1]), normalize_std=c.rl.normalize_std))
+        keep = np.asarray([t.status != T.RETRIEVAL_ERROR for t in trajs], bool)
+        self.step_batch_metrics = {"train/retrieval_error_rows": float(np.sum(~keep))}
+        if c.rl.rejection_sampling or not ppo:
+            gid = np.unique(np.asarray([t.job.group_id for t in trajs]), return_inverse=True)[1].reshape(-1)
+            seq_adv = np.asarray(adv_lib.sequence_advantages(
+                jnp.asarray(reward), jnp.asarray(gid), jnp.asarray(keep), normalize_std=c.rl.normalize_std,
+                rejection_sampling=c.rl.rejection_sampling))
         M = T.bucket(len(trajs), minimum=c.train.micro_batches)  # at most one meta-action per revision budget
         # The padded lengths to_batch would pick; multi-host, the largest over hosts so that every host agrees.
         seq_len = T.bucket(max((len(t.job.prompt_ids) + len(t.response_ids) for t in trajs), default=1))
@@ -312,6 +325,8 @@ class Trainer:
             seq_len, meta_len = (int(v) for v in np.asarray(multihost_utils.process_allgather(
                 np.asarray([seq_len, meta_len], np.int32))).max(axis=0))
         b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=M * max(c.refiner.max_revisions, 1))
+        loss_mask, meta_mask = (np.asarray(x) for x in adv_lib.drop_rows(keep, b.loss_mask, b.meta_mask,
+                                                                         b.meta_index))
         valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]
         zeros = np.zeros(b.tokens.shape, np.float32)
         old_values, returns = zeros, zeros
@@ -319,23 +334,42 @@ class Trainer:
             # PPO: the critic's values under the sampling policy's parameters, the reward on each trajectory's last
             # generated token, GAE across the retrieved spans, advantages whitened over the batch's loss tokens.
             old_values = np.asarray(self._values(self.local_params(), b.tokens, valid))
-            mask = jnp.asarray(b.loss_mask, jnp.float32)
+            mask = jnp.asarray(loss_mask)
             adv, ret = adv_lib.gae_advantages(adv_lib.terminal_rewards(jnp.asarray(reward), mask),
                                               jnp.asarray(old_values), mask, c.rl.gamma, c.rl.lam)
             adv_tok, returns = np.asarray(adv_lib.masked_whiten(adv, mask)), np.asarray(ret)
             # A meta-action shares its trajectory's advantage: the one at the trajectory's first generated token
             # (with gamma = lam = 1, the whole return against the critic's estimate from the prompt).
-            first = np.argmax(b.loss_mask > 0, axis=1)
+            first = np.argmax(loss_mask > 0, axis=1)
             seq_adv = adv_tok[np.arange(len(trajs)), first]
-            old_values = np.where(b.loss_mask > 0, old_values, 0.0).astype(np.float32)
+            old_values = np.where(loss_mask > 0, old_values, 0.0).astype(np.float32)
         else:
-            adv_tok = seq_adv[:, None] * (b.loss_mask > 0)
+            adv_tok = seq_adv[:, None] * (loss_mask > 0)
         train_meta = c.refiner.enabled and c.rl.train_meta_actions
-        meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * b.meta_mask
+        meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * meta_mask
         mvalid = np.arange(b.meta_tokens.shape[1])[None, :] < b.meta_lengths[:, None]
-        return StepBatch(b.tokens, valid, b.loss_mask.astype(np.float32), b.logprobs, adv_tok.astype(np.float32),
-                         returns.astype(np.float32), old_values, b.meta_tokens, mvalid, (b.meta_mask * train_meta).astype(np.float32),
-                         b.meta_logprobs, meta_adv.astype(np.float32))
+        return StepBatch(b.tokens, valid, loss_mask, b.logprobs, adv_tok.astype(np.float32),
+                         returns.astype(np.float32), old_values, b.meta_tokens, mvalid,
+                         (meta_mask * train_meta).astype(np.float32), b.meta_logprobs, meta_adv.astype(np.float32))
+
+    def diagnostics(self, step: int) -> dict:
+        """The Meta-Refiner's Prop. 4.1 / 4.2 terms (`rl/diagnostics.py`) on `train.diagnostics_prompts` training
+        prompts drawn for `step`: Actor-only drafts, the refiner's decisions, regenerations at its cut and at a
+        uniform one. Logged as `diag/*`."""
+        from searchr2_jax.rl import diagnostics as diag_lib
+
+        c = self.config
+        if self._regen_engine is None:
+            self._regen_engine = diag_lib.make_regen_engine(self.engine)
+        rng = np.random.default_rng([c.seed, step, 0x4A1])
+        n = min(c.train.diagnostics_prompts, len(self.train_examples))
+        examples = [self.train_examples[i] for i in rng.choice(len(self.train_examples), size=n, replace=False)]
+        jobs = eval_lib.make_jobs(examples, self.tokenizer, c.model.chat)
+        reward_fn = diag_lib.hybrid_reward_fn(None if c.reward.judge == "none" else self.judge, c.reward.outcome_only)
+        out, _ = diag_lib.refiner_diagnostics(self.engine, self.engine.refiner, self.local_params(), jobs,
+                                              jax.random.fold_in(self.data_rng, 2**31 + step), reward_fn,
+                                              regen_engine=self._regen_engine)
+        return {f"diag/{k}": float(v) for k, v in out.items()}
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -392,17 +426,21 @@ class Trainer:
                     rng = jax.random.fold_in(rng, self.process_index)
                 trajs, reward, metrics = self.rollout_and_score(self.local_params(), batch, rng)
                 step_batch = sharding.host_local_to_global(self.step_batch(trajs, reward), self.mesh)
+                metrics.update(self.step_batch_metrics)
                 self.state, step_metrics = self.train_step(self.state, step_batch)
                 metrics.update(step_metrics)
             step += 1
+            rl_step = step - self.sft_steps
+            every = c.train.diagnostics_every
+            if every > 0 and rl_step > 0 and c.refiner.enabled and (rl_step % every == 0 or step == total):
+                metrics.update(self.diagnostics(step))
             metrics["perf/step_time_s"] = time.time() - t0
             if step % c.train.log_every == 0 or step == total:
                 last = self.writer.write(step, metrics)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
                                  if k in ("sft/nll", "train/loss", "reward/mean", "reward/em")})
-            rl_step = step - self.sft_steps
             if c.train.eval_every > 0 and rl_step > 0 and (rl_step % c.train.eval_every == 0 or step == total):
-                table = eval_lib.evaluate(self.engine, self.local_params(), self.eval_examples,
+                table = eval_lib.evaluate(self.eval_engine, self.local_params(), self.eval_examples,
                                           jax.random.fold_in(self.eval_rng, step), chat=c.model.chat)
                 last.update(self.writer.write(step, table))
                 logging.info("step %d eval\n%s", step, eval_lib.format_table(table))

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -17,6 +18,8 @@ from jax._src import compilation_cache
 from configs import smoke
 from searchr2_jax import checkpoint as ckpt_lib
 from searchr2_jax.metrics import read_jsonl
+from searchr2_jax.rl import advantages as adv_lib
+from searchr2_jax.rollout import types as T
 from searchr2_jax.trainer import ConfigError, Trainer, validate_config
 
 SFT, RL = 2, 3
@@ -149,6 +152,54 @@ def test_sft_batches_are_a_function_of_seed_and_step(compile_cache, tmp_path):
     for x, y in zip(first[1], trainer.sft_batch(1)):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(first[0][0], first[1][0])
+
+
+def _trajs(statuses, group_ids):
+    """Trajectories of different lengths, one meta-action each (the step batch needs no rollout)."""
+    out = []
+    for i, (status, g) in enumerate(zip(statuses, group_ids)):
+        n = 4 + i
+        meta = T.MetaAction(prompt_ids=[5, 6, 7], action_ids=[8], choice=0, logprob=-0.5, scores=[-0.5, -1.0])
+        out.append(T.Trajectory(i, T.Job(prompt_ids=[1, 2, 3], group_id=g), np.arange(10, 10 + n, dtype=np.int32),
+                                np.full(n, -1.0, np.float32), np.ones(n, np.int8), [], status,
+                                meta_actions=[meta]))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["grpo", "rejection_sampling", "ppo"])
+def test_retrieval_errors_get_no_loss_weight_and_stay_out_of_the_statistics(mode):
+    """A failed retrieval is an infrastructure fault, not a wrong answer: its rows (and meta-actions) carry no loss
+    weight, and the other rows' advantages are those of the batch without them."""
+    c = tiny_config()
+    c.rl.algo = "ppo" if mode == "ppo" else "grpo"
+    c.rl.rejection_sampling = mode == "rejection_sampling"
+    statuses = [T.ANSWERED, T.RETRIEVAL_ERROR, T.INVALID, T.ANSWERED, T.RETRIEVAL_ERROR, T.OUT_OF_TURNS]
+    groups = [7, 7, 7, 3, 3, 3]
+    reward = np.asarray([1.0, 5.0, 0.0, 0.5, -5.0, 0.0], np.float32)
+    keep = np.asarray([s != T.RETRIEVAL_ERROR for s in statuses])
+    # A stand-in for the Trainer: step_batch reads the config and, for PPO, the critic (here V = 0).
+    stub = types.SimpleNamespace(config=c, local_params=lambda: None,
+                                 _values=lambda params, tokens, valid: np.zeros(tokens.shape, np.float32))
+    sb = Trainer.step_batch(stub, _trajs(statuses, groups), reward)
+    assert stub.step_batch_metrics == {"train/retrieval_error_rows": 2.0}
+    mask, adv = np.asarray(sb.loss_mask), np.asarray(sb.advantages)
+    assert not mask[~keep].any() and not adv[~keep].any() and mask[keep].sum(1).min() > 0
+    meta_rows = np.asarray(sb.meta_mask).sum(1)
+    np.testing.assert_array_equal(meta_rows[:6], keep)  # one meta-action per trajectory, in order
+    assert not np.asarray(sb.meta_advantages)[:6][~keep].any()
+    if mode == "ppo":
+        # gamma = lam = 1 and V = 0: every token's advantage is its row's reward, whitened over the kept tokens.
+        x = np.repeat(reward[keep], mask[keep].sum(1).astype(int))
+        expected = (x - x.mean()) / np.sqrt(x.var(ddof=1) + 1e-8)
+        np.testing.assert_allclose(adv[mask > 0], expected, rtol=1e-5, atol=1e-6)
+        return
+    ids = np.unique(groups, return_inverse=True)[1]
+    expected = adv_lib.sequence_advantages(reward[keep], ids[keep], normalize_std=c.rl.normalize_std,
+                                           rejection_sampling=c.rl.rejection_sampling)
+    np.testing.assert_allclose(adv[keep].max(1, initial=-np.inf, where=mask[keep] > 0), np.asarray(expected),
+                               rtol=1e-6)
+    np.testing.assert_allclose(adv[keep].min(1, initial=np.inf, where=mask[keep] > 0), np.asarray(expected),
+                               rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ config errors

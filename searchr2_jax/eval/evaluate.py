@@ -36,18 +36,83 @@ def score(trajectories: Sequence[Trajectory]) -> tuple[np.ndarray, np.ndarray]:
     return em, f1
 
 
-def evaluate(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: jax.Array, chat: bool = False,
-             batch_size: int = 64) -> dict:
-    """EM/F1 per data source and overall, plus status shares, with greedy Actor-only rollouts."""
-    per_source = collections.defaultdict(list)
-    statuses = collections.Counter()
+def records(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: jax.Array, chat: bool = False,
+            batch_size: int = 64) -> list[dict]:
+    """One record per question, greedy Actor-only rollouts: id, data source, hop count (synthetic world), EM, F1,
+    searches, generated response tokens, status and answer."""
+    out = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        out = engine.run(params, make_jobs(chunk, engine.tokenizer, chat), rng, greedy=True, use_refiner=False)
-        em, f1 = score(out.trajectories)
-        for ex, e, f, t in zip(chunk, em, f1, out.trajectories):
-            per_source[ex.data_source].append((e, f, len(t.searches)))
-            statuses[t.status] += 1
+        run = engine.run(params, make_jobs(chunk, engine.tokenizer, chat), rng, greedy=True, use_refiner=False)
+        out.extend(_records(chunk, run.trajectories, [t.answer for t in run.trajectories]))
+    return out
+
+
+def _records(examples, trajectories, answers) -> list[dict]:
+    return [dict(id=ex.id, source=ex.data_source, hops=int((ex.metadata or {}).get("hops", 0)),
+                 em=rewards.exact_match(a, ex.golden_answers), f1=rewards.f1_score(a, ex.golden_answers),
+                 searches=len(t.searches), response_tokens=int(t.loss_mask.sum()), status=t.status, answer=a)
+            for ex, t, a in zip(examples, trajectories, answers)]
+
+
+BASELINES = ("direct", "rag")
+
+
+def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample], method: str, rng: jax.Array,
+                     retriever=None, k: int = 3, chat: bool = False, batch_size: int = 64) -> list[dict]:
+    """The no-agent baselines, greedy, one answer turn, as `records` writes them:
+
+      direct  the response is forced to open with `<answer>`: the model answers from the question alone;
+      rag     the response is forced to open with one search for the question itself, its top-k passages, then
+              `<answer>`: retrieve-then-read with the agent's own protocol.
+
+    `engine` needs room for the forced prefix in its `max_prompt_tokens`. The answer is parsed from the forced
+    prefix and the model's continuation together."""
+    if method not in BASELINES:
+        raise ValueError(f"baseline {method!r}: expected one of {BASELINES}")
+    if method == "rag" and retriever is None:
+        raise ValueError("the rag baseline needs a retriever")
+    out = []
+    tok = engine.tokenizer
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        if method == "rag":
+            found = retriever.search([protocol.normalize_question(ex.question) for ex in chunk], k)
+            prefixes = [f"{protocol.SEARCH_OPEN} {protocol.normalize_question(ex.question)} {protocol.SEARCH_CLOSE}"
+                        + protocol.render_information(p) + protocol.ANSWER_OPEN for ex, p in zip(chunk, found)]
+        else:
+            prefixes = [protocol.ANSWER_OPEN] * len(chunk)
+        jobs = make_jobs(chunk, tok, chat)
+        for job, prefix in zip(jobs, prefixes):
+            job.prompt_ids = job.prompt_ids + list(tok.encode(prefix, add_special_tokens=False))
+        run = engine.run(params, jobs, rng, greedy=True, use_refiner=False)
+        answers = [protocol.extract_answer(prefix + tok.decode(list(t.response_ids), skip_special_tokens=False))
+                   for prefix, t in zip(prefixes, run.trajectories)]
+        out.extend(_records(chunk, run.trajectories, answers))
+    return out
+
+
+def majority_records(train: Sequence[QAExample], examples: Sequence[QAExample]) -> list[dict]:
+    """The no-search floor: each question template's most common training answer (no model, no retrieval)."""
+    votes = collections.defaultdict(collections.Counter)
+    for ex in train:
+        votes[(ex.metadata or {}).get("template", ex.data_source)][ex.golden_answers[0]] += 1
+    out = []
+    for ex in examples:
+        top = votes.get((ex.metadata or {}).get("template", ex.data_source))
+        a = top.most_common(1)[0][0] if top else None
+        out.append(dict(id=ex.id, source=ex.data_source, hops=int((ex.metadata or {}).get("hops", 0)),
+                        em=rewards.exact_match(a, ex.golden_answers), f1=rewards.f1_score(a, ex.golden_answers),
+                        searches=0, response_tokens=0, status="answered", answer=a))
+    return out
+
+
+def summarize(recs: Sequence[dict]) -> dict:
+    """The eval table of `records`: EM/F1/searches per data source and overall, plus status shares."""
+    per_source = collections.defaultdict(list)
+    statuses = collections.Counter(r["status"] for r in recs)
+    for r in recs:
+        per_source[r["source"]].append((r["em"], r["f1"], r["searches"]))
     table = {}
     for source, rows in sorted(per_source.items()):
         arr = np.asarray(rows)
@@ -60,6 +125,12 @@ def evaluate(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: 
     n = max(sum(statuses.values()), 1)
     table.update({f"eval/status/{k}": v / n for k, v in statuses.items()})
     return table
+
+
+def evaluate(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: jax.Array, chat: bool = False,
+             batch_size: int = 64) -> dict:
+    """EM/F1 per data source and overall, plus status shares, with greedy Actor-only rollouts."""
+    return summarize(records(engine, params, examples, rng, chat, batch_size))
 
 
 def format_table(table: dict) -> str:

@@ -1,0 +1,432 @@
+"""The learning experiment: one warm start shared by every arm, the baselines, RL arms over seeds, a greedy Actor-only
+evaluation on held-out test questions with bootstrap intervals, and learning curves.
+
+    run_experiment(config, out_dir)     # config: configs/learning.py (a trainer config plus `experiment`)
+
+Every unit of work writes its result file last, so a re-run skips what is done and an interrupted arm resumes from
+its latest checkpoint:
+
+    out_dir/warm_start-<hash>/          the warm start's training workdir; hf/ holds the model and tokenizer
+    out_dir/baselines.json              warm_start, majority, direct and rag: per-question records on test
+    out_dir/arms/<arm>/seed<s>/         an RL arm's training workdir (metrics.jsonl, checkpoints/) and test.json
+    out_dir/summary.json, table.md, curves.png
+
+The warm start is cached by a hash of the settings it depends on (world, model, tokenizer, SFT, refiner prompt,
+retrieval), so arms differ only in what RL does. Figures on test are never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from searchr2_jax.variants import VARIANTS, ConfigError
+
+RL_ARMS = (*VARIANTS, "ppo")  # the paper's Table 3 rows, rejection sampling, and PPO (search_r1 with a critic)
+HOPS = (1, 2, 3)
+CURVES = (  # (metrics.jsonl key, axis label); response length is computed from two keys
+    ("eval/em", "dev EM (greedy)"), ("reward/mean", "reward"), ("rollout/searches_per_trajectory", "searches"),
+    ("rollout/revision_rate", "revision rate"), ("response_tokens", "generated tokens"), ("train/kl", "KL to ref"))
+DEVIATIONS = (
+    "The warm start is supervised on scripted demonstrations, and on refiner labels (the first flawed step of "
+    "scripted flawed demonstrations, 0 for sound ones); the paper starts RL from the backbone with no refiner "
+    "supervision. Every arm shares this warm start, so the refiner labels reach the search_r1 arm's weights too, "
+    "where they are never used.",
+    "A 2-layer from-scratch model on a synthetic world, not Qwen2.5 on Wikipedia: the figures test the training "
+    "loop, not the paper's numbers.",
+)
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def warm_start_key(config: ml_collections.ConfigDict) -> str:
+    """A hash of everything the warm start depends on; arms with the same key share one warm start."""
+    c = config
+    parts = dict(seed=c.seed, world=c.data.world, train_split=c.data.train_split, model=c.model.to_dict(),
+                 sft=c.sft.to_dict(), refiner_prompt=c.refiner.prompt, retrieval=c.retrieval.to_dict(),
+                 topk=c.rollout.topk, micro_batches=c.train.micro_batches)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, warm_dir: str) -> ml_collections.ConfigDict:
+    """The trainer config of one RL arm: the experiment's settings, RL only, from the warm start's weights."""
+    from searchr2_jax.variants import variant_fields
+
+    if arm not in RL_ARMS:
+        raise ConfigError(f"experiment.arms: {arm!r} is not one of {RL_ARMS}")
+    c = copy.deepcopy(config)
+    variant = "search_r1" if arm == "ppo" else arm
+    for field, value in variant_fields(variant).items():
+        section, name = field.split(".")
+        c[section][name] = value
+    c.variant = variant
+    if arm == "ppo":
+        c.rl.algo = "ppo"
+    c.seed = seed
+    c.model.hf_path = os.path.join(warm_dir, "hf")
+    c.model.tokenizer = c.model.hf_path
+    c.sft.steps = 0
+    return c
+
+
+def _warm_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c = copy.deepcopy(config)
+    c.train.steps = 0
+    return c
+
+
+def _eval_config(config: ml_collections.ConfigDict, warm_dir: str) -> ml_collections.ConfigDict:
+    c = arm_config(config, "search_r1", config.seed, warm_dir)
+    c.train.steps = 0
+    return c
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def bootstrap_ci(em: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean EM by resampling questions; `em` is [questions] or [seeds, questions] (a question's
+    seeds move together, so the interval covers question sampling, not seed noise)."""
+    em = np.atleast_2d(np.asarray(em, np.float64))
+    if em.shape[1] == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, em.shape[1], size=(n, em.shape[1]))
+    means = em.mean(axis=0)[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def arm_figures(name: str, runs: Sequence[Sequence[dict]], n_boot: int, extra: dict | None = None) -> dict:
+    """`name_em`, its per-seed list, interval, EM by hop and the other means, from per-seed test records."""
+    em = np.asarray([[r["em"] for r in recs] for recs in runs], np.float64)
+    hops = np.asarray([r["hops"] for r in runs[0]])
+    out = {f"{name}_em": float(em.mean()), f"{name}_em_seeds": [float(x) for x in em.mean(axis=1)],
+           f"{name}_em_ci95": list(bootstrap_ci(em, n_boot)),
+           f"{name}_em_by_hops": {str(h): float(em[:, hops == h].mean()) for h in HOPS if (hops == h).any()}}
+    for key in ("f1", "searches", "response_tokens"):
+        out[f"{name}_{key}"] = float(np.mean([[r[key] for r in recs] for recs in runs]))
+    out[f"{name}_questions"] = int(em.shape[1])
+    out.update(extra or {})
+    return out
+
+
+def goals(s: dict) -> dict:
+    """The issue's goals on the summary's figures: each with its value, its target and whether it is met."""
+    out = {}
+
+    def goal(name, value, target, met):
+        out[name] = dict(value=round(float(value), 4), target=round(float(target), 4), met=bool(met))
+
+    if "search_r1_em" in s and "warm_start_em" in s:
+        goal("rl_works", s["search_r1_em"], s["warm_start_em"] + 0.10,
+             s["search_r1_em"] >= s["warm_start_em"] + 0.10)
+    if "search_r1_em" in s and "direct_em" in s:
+        goal("search_beats_direct_3x", s["search_r1_em"], 3 * s["direct_em"], s["search_r1_em"] >= 3 * s["direct_em"])
+    if "search_r1_em_by_hops" in s and "rag_em_by_hops" in s:
+        multi = lambda k: np.mean([s[k].get(h, 0.0) for h in ("2", "3")])  # noqa: E731
+        goal("search_beats_rag_multihop", multi("search_r1_em_by_hops"), multi("rag_em_by_hops"),
+             multi("search_r1_em_by_hops") > multi("rag_em_by_hops"))
+    if "search_r2_em" in s and "search_r1_em" in s:
+        goal("search_r2_vs_r1_1p10", s["search_r2_em"], 1.10 * s["search_r1_em"],
+             s["search_r2_em"] >= 1.10 * s["search_r1_em"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ units of work
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)  # a file that exists is a finished unit
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def build_warm_start(config: ml_collections.ConfigDict, out_dir: str) -> tuple[str, float]:
+    """Trains (or resumes, or reuses) the warm start; returns its directory and its training wall time."""
+    from searchr2_jax.models import hf_io
+    from searchr2_jax.trainer import Trainer
+
+    wdir = os.path.join(out_dir, f"warm_start-{warm_start_key(config)}")
+    done = os.path.join(wdir, "warm_start.json")
+    if os.path.exists(done):
+        return wdir, _read_json(done)["wall_s"]
+    t0 = time.time()
+    trainer = Trainer(_warm_config(config), wdir)
+    trainer.run()
+    hf = os.path.join(wdir, "hf")
+    hf_io.save_params(hf, trainer.model_cfg, jax.device_get(trainer.state.params))
+    trainer.tokenizer.save_pretrained(hf)
+    wall = time.time() - t0
+    _write_json(done, dict(wall_s=wall, key=warm_start_key(config), sft_steps=config.sft.steps))
+    del trainer
+    jax.clear_caches()
+    return wdir, wall
+
+
+def check_prompts_fit(config: ml_collections.ConfigDict, tokenizer, examples) -> None:
+    """Raises ConfigError when a question's prompt exceeds `rollout.max_prompt_tokens`: the engine would mark those
+    rows `prompt_too_long`, and every figure of the experiment would silently be 0."""
+    from searchr2_jax.eval.evaluate import make_jobs
+
+    longest = max(len(j.prompt_ids) for j in make_jobs(examples, tokenizer, config.model.chat))
+    if longest > config.rollout.max_prompt_tokens:
+        raise ConfigError(f"rollout.max_prompt_tokens={config.rollout.max_prompt_tokens}: the longest prompt of "
+                          f"the experiment's questions has {longest} tokens")
+
+
+def refiner_quality(trainer, params, examples, seed: int = 0, flawed_fraction: float = 0.5) -> dict:
+    """The refiner against the world's known first flawed step, on scripted demonstrations of `examples` (half of
+    them with one flaw): precision and recall of "revise", and how often a flagged flawed demo gets the exact step."""
+    from searchr2_jax.data.demos import DemoWriter
+    from searchr2_jax.rollout.refiner import decide
+    from searchr2_jax.text.tokenizer import tokenize_segments
+
+    refiner = trainer.engine.refiner
+    writer = DemoWriter(trainer.world, k=trainer.config.rollout.topk, retriever=trainer.retriever)
+    demos = writer.demos(examples, seed=seed, flawed_fraction=flawed_fraction,
+                         max_steps=trainer.config.rollout.max_turns)
+    demos = [d for d in demos if len(d.steps) <= trainer.config.rollout.max_turns]
+    prompts = [list(tokenize_segments(trainer.tokenizer, d.refiner_segments(prompt=refiner.config.prompt)[:-1])[0])
+               for d in demos]
+    steps = [len(d.steps) for d in demos]
+    scores = np.concatenate([refiner.score(params, prompts[i:i + 8], steps[i:i + 8])
+                             for i in range(0, len(prompts), 8)])
+    choice = np.asarray([decide(s, t, refiner.config.margin) for s, t in zip(scores, steps)])
+    label = np.asarray([d.flawed_step for d in demos])
+    flagged, flawed = choice > 0, label > 0
+    tp = float(np.sum(flagged & flawed))
+    return {"refiner_precision": tp / max(flagged.sum(), 1), "refiner_recall": tp / max(flawed.sum(), 1),
+            "refiner_exact_step": float(np.sum(flagged & flawed & (choice == label))) / max(flawed.sum(), 1),
+            "refiner_revise_rate": float(flagged.mean()), "refiner_demos": len(demos),
+            "refiner_flawed_share": float(flawed.mean())}
+
+
+def run_baselines(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) -> dict:
+    """The warm start as an agent, and the baselines, on the test questions; with the refiner's quality on dev."""
+    from searchr2_jax.eval import evaluate as eval_lib
+    from searchr2_jax.rollout.rollout import RolloutEngine
+    from searchr2_jax.trainer import Trainer
+
+    path = os.path.join(out_dir, "baselines.json")
+    if os.path.exists(path):
+        return _read_json(path)
+    e = config.experiment
+    trainer = Trainer(_eval_config(config, warm_dir), os.path.join(out_dir, "warm_start_eval"))
+    test = trainer.world.splits[e.test_split][: e.test_examples]
+    check_prompts_fit(config, trainer.tokenizer, [*test, *trainer.train_examples])
+    params = trainer.state.params
+    rng = jax.random.fold_in(trainer.eval_rng, 0)
+    out = {"records": {}, "wall_s": {}}
+    t0 = time.time()
+    out["records"]["warm_start"] = eval_lib.records(trainer.eval_engine, params, test, rng, config.model.chat,
+                                                    e.eval_batch_size)
+    out["wall_s"]["warm_start"] = time.time() - t0
+    # One answer turn after a forced prefix (up to one information block): the prompt budget grows by it.
+    ro = copy.deepcopy(config.rollout)
+    ro.max_turns = 1
+    ro.max_prompt_tokens = config.rollout.max_prompt_tokens + config.rollout.max_obs_tokens + 64
+    engine = RolloutEngine(trainer.model_cfg, trainer.tokenizer, trainer.retriever, ro, None)
+    for method in e.baselines:
+        t0 = time.time()
+        if method == "majority":
+            out["records"][method] = eval_lib.majority_records(trainer.world.splits[config.data.train_split], test)
+        else:
+            out["records"][method] = eval_lib.baseline_records(engine, params, test, method, rng, trainer.retriever,
+                                                               config.rollout.topk, config.model.chat,
+                                                               e.eval_batch_size)
+        out["wall_s"][method] = time.time() - t0
+    if config.refiner.enabled or "search_r2" in e.arms:
+        dev = trainer.world.splits[config.data.eval_split][: max(config.data.eval_examples, 64)]
+        out["refiner_quality"] = refiner_quality(trainer, params, dev)
+    trainer.ckpt.close()
+    trainer.writer.close()
+    del trainer
+    jax.clear_caches()
+    _write_json(path, out)
+    return out
+
+
+def run_arm(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str, arm: str, seed: int) -> dict:
+    """Trains one RL arm (resuming from its checkpoints) and evaluates it on test; the result file is written last."""
+    from searchr2_jax.eval import evaluate as eval_lib
+    from searchr2_jax.trainer import Trainer
+
+    wdir = os.path.join(out_dir, "arms", arm, f"seed{seed}")
+    path = os.path.join(wdir, "test.json")
+    if os.path.exists(path):
+        return _read_json(path)
+    e = config.experiment
+    c = arm_config(config, arm, seed, warm_dir)
+    t0 = time.time()
+    trainer = Trainer(c, wdir)
+    last = trainer.run()
+    train_s = time.time() - t0
+    test = trainer.world.splits[e.test_split][: e.test_examples]
+    t0 = time.time()
+    recs = eval_lib.records(trainer.eval_engine, trainer.state.params, test,
+                            jax.random.fold_in(trainer.eval_rng, 0), config.model.chat, e.eval_batch_size)
+    result = dict(arm=arm, seed=seed, records=recs, train_wall_s=train_s, eval_wall_s=time.time() - t0,
+                  rl_steps=int(c.train.steps), final_metrics={k: float(v) for k, v in last.items()
+                                                              if np.isscalar(v)})
+    del trainer
+    jax.clear_caches()
+    _write_json(path, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    if key == "response_tokens":
+        pts = [(r["step"], r["rollout/tokens_generated"] / max(r["rollout/trajectories"], 1)) for r in rows
+               if "rollout/tokens_generated" in r]
+    else:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    x, y = np.asarray(pts, np.float64).T
+    return x - x.min() + (1 if key != "eval/em" else 0), y
+
+
+def plot_curves(out_dir: str, arms: Sequence[str], seeds: Sequence[int], path: str) -> None:
+    """One panel per CURVES entry: a line per arm (mean over seeds) with a band from the seeds' min to max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from searchr2_jax.metrics import read_jsonl
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for arm in arms:
+        runs = []
+        for s in seeds:
+            f = os.path.join(out_dir, "arms", arm, f"seed{s}", "metrics.jsonl")
+            if os.path.exists(f):
+                runs.append(read_jsonl(f))
+        for ax, (key, label) in zip(axes.flat, CURVES):
+            curves = [_curve(rows, key) for rows in runs]
+            curves = [c for c in curves if len(c[0])]
+            if not curves:
+                continue
+            n = min(len(c[0]) for c in curves)
+            x = curves[0][0][:n]
+            ys = np.stack([c[1][:n] for c in curves])
+            (line,) = ax.plot(x, ys.mean(axis=0), label=arm)
+            ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.2)
+            ax.set_title(label)
+            ax.set_xlabel("RL step")
+    axes.flat[0].legend()
+    fig.suptitle(f"learning curves: mean over seeds {list(seeds)}, band = min..max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def format_table(s: dict, names: Sequence[str]) -> str:
+    lines = ["| method | EM (95% CI) | 1-hop | 2-hop | 3-hop | F1 | searches | tokens | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        if f"{n}_em" not in s:
+            continue
+        lo, hi = s[f"{n}_em_ci95"]
+        hop = [s[f"{n}_em_by_hops"].get(str(h)) for h in HOPS]
+        seeds = s[f"{n}_em_seeds"]
+        lines.append(f"| {n} | {s[f'{n}_em']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                     + " | ".join("-" if v is None else f"{v:.3f}" for v in hop)
+                     + f" | {s[f'{n}_f1']:.3f} | {s[f'{n}_searches']:.2f} | {s[f'{n}_response_tokens']:.0f} | "
+                     + (", ".join(f"{x:.3f}" for x in seeds) if len(seeds) > 1 else "-") + " |")
+    return "\n".join(lines)
+
+
+def settings(config: ml_collections.ConfigDict, warm_dir: str) -> dict:
+    c = config
+    return dict(world=dict(c.data.world), test_split=c.experiment.test_split,
+                test_examples=c.experiment.test_examples, warm_start=os.path.basename(warm_dir),
+                model=dict(c.model.init), vocab_size=c.model.vocab_size, sft=c.sft.to_dict(),
+                retrieval=dict(backend=c.retrieval.backend, k=c.rollout.topk,
+                               train_corpus="the training region's passages", eval_corpus="the whole world"),
+                rollout={k: c.rollout[k] for k in ("max_turns", "max_prompt_tokens", "max_response_tokens",
+                                                   "max_obs_tokens", "temperature")},
+                refiner=c.refiner.to_dict(), rl=c.rl.to_dict(), optim=c.optim.to_dict(),
+                train={k: c.train[k] for k in ("steps", "prompts_per_step", "micro_batches", "eval_every")},
+                reward_judge=c.reward.judge, decoding="greedy, Actor only (refiner off) for every figure on test",
+                arms=list(c.experiment.arms), seeds=list(c.experiment.seeds))
+
+
+def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
+    """Runs (or continues) the whole experiment and writes summary.json, table.md and curves.png."""
+    from tqdm import tqdm
+
+    e = config.experiment
+    for arm in e.arms:
+        if arm not in RL_ARMS:
+            raise ConfigError(f"experiment.arms: {arm!r} is not one of {RL_ARMS}")
+    os.makedirs(out_dir, exist_ok=True)
+    units = 2 + len(e.arms) * len(e.seeds)
+    bar = tqdm(total=units, desc="experiment", dynamic_ncols=True, position=0)
+    t_start = time.time()
+
+    bar.set_postfix_str("warm start")
+    warm_dir, warm_s = build_warm_start(config, out_dir)
+    bar.update(1)
+    bar.set_postfix_str("baselines")
+    base = run_baselines(config, out_dir, warm_dir)
+    bar.update(1)
+    arms = {}
+    for arm in e.arms:
+        for seed in e.seeds:
+            bar.set_postfix_str(f"{arm} seed {seed}")
+            arms.setdefault(arm, []).append(run_arm(config, out_dir, warm_dir, arm, seed))
+            bar.update(1)
+    bar.close()
+
+    n_boot = e.bootstrap
+    s: dict = {}
+    for name, recs in base["records"].items():
+        s.update(arm_figures(name, [recs], n_boot, {f"{name}_wall_s": base["wall_s"][name]}))
+    s["warm_start_wall_s"] = warm_s + base["wall_s"]["warm_start"]
+    s["warm_start_sft_steps"] = int(config.sft.steps)
+    s.update(base.get("refiner_quality", {}))
+    for arm, results in arms.items():
+        s.update(arm_figures(arm, [r["records"] for r in results], n_boot, {
+            f"{arm}_wall_s": float(np.mean([r["train_wall_s"] + r["eval_wall_s"] for r in results])),
+            f"{arm}_wall_s_seeds": [r["train_wall_s"] + r["eval_wall_s"] for r in results],
+            f"{arm}_rl_steps": results[0]["rl_steps"]}))
+        diag = {k: [r["final_metrics"][k] for r in results if k in r["final_metrics"]]
+                for k in results[0]["final_metrics"] if k.startswith("diag/")}
+        if diag:
+            s[f"{arm}_diagnostics"] = {k: float(np.mean(v)) for k, v in diag.items()}
+    s["goals"] = goals(s)
+    s["settings"] = settings(config, warm_dir)
+    s["deviations"] = list(DEVIATIONS)
+    s["wall_s"] = time.time() - t_start
+    names = ["majority", *[b for b in e.baselines if b != "majority"], "warm_start", *e.arms]
+    table = format_table(s, names)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(f"Held-out test questions: {s['warm_start_questions']} ({e.test_split} region of the world), greedy, "
+                f"Actor only; RL arms: mean over seeds {list(e.seeds)}, {config.train.steps} RL steps each.\n\n")
+        f.write(table + "\n\n")
+        for name, g in s["goals"].items():
+            f.write(f"- {name}: {g['value']:.3f} against {g['target']:.3f}: {'met' if g['met'] else 'NOT met'}\n")
+    plot_curves(out_dir, e.arms, e.seeds, os.path.join(out_dir, "curves.png"))
+    _write_json(os.path.join(out_dir, "summary.json"), s)
+    logging.info("experiment done in %.0f s\n%s", s["wall_s"], table)
+    return s

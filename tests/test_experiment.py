@@ -1,0 +1,88 @@
+"""The learning experiment end to end at toy sizes (`--quick`): its outputs, and resuming an interrupted arm."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from searchr2_jax import experiment as X
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_questions():
+    rng = np.random.default_rng(0)
+    small = rng.random(50) < 0.4
+    big = rng.random(2000) < 0.4
+    lo, hi = X.bootstrap_ci(small, 500)
+    assert lo <= small.mean() <= hi
+    blo, bhi = X.bootstrap_ci(big, 500)
+    assert bhi - blo < (hi - lo) / 3
+    # seeds of one question move together: two identical seeds give the one-seed interval
+    assert X.bootstrap_ci(np.stack([small, small]), 500) == X.bootstrap_ci(small, 500)
+
+
+def test_goals_are_computed_from_the_figures():
+    s = {"warm_start_em": 0.2, "search_r1_em": 0.35, "search_r2_em": 0.36, "direct_em": 0.1,
+         "search_r1_em_by_hops": {"1": 0.6, "2": 0.3, "3": 0.2}, "rag_em_by_hops": {"1": 0.5, "2": 0.1, "3": 0.0}}
+    g = X.goals(s)
+    assert g["rl_works"]["met"] and g["search_beats_direct_3x"]["met"] and g["search_beats_rag_multihop"]["met"]
+    assert not g["search_r2_vs_r1_1p10"]["met"] and g["search_r2_vs_r1_1p10"]["target"] == pytest.approx(0.385)
+
+
+def test_arm_configs_share_the_warm_start_and_differ_only_in_rl():
+    sys.path.insert(0, ROOT)
+    from configs.learning import get_config
+
+    c = get_config("quick=1")
+    r1, r2 = (X.arm_config(c, arm, 1, "/w") for arm in ("search_r1", "search_r2"))
+    assert r1.model.hf_path == r2.model.hf_path == "/w/hf" and r1.sft.steps == r2.sft.steps == 0
+    assert not r1.refiner.enabled and r2.refiner.enabled and r2.rl.train_meta_actions and r1.reward.outcome_only
+    assert X.arm_config(c, "ppo", 0, "/w").rl.algo == "ppo"
+    with pytest.raises(ValueError, match="experiment.arms"):
+        X.arm_config(c, "nope", 0, "/w")
+    c2 = get_config("quick=1")
+    c2.train.steps = 99  # RL settings do not change the warm start
+    assert X.warm_start_key(c2) == X.warm_start_key(c)
+    c2.sft.steps += 1
+    assert X.warm_start_key(c2) != X.warm_start_key(c)
+
+
+@pytest.mark.slow
+def test_quick_experiment_writes_its_outputs_and_resumes_an_interrupted_arm(tmp_path):
+    out = tmp_path / "exp"
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "experiment.py"), f"--out={out}", "--quick"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900, cwd=ROOT)
+    s = json.loads((out / "summary.json").read_text())
+    for name in ("warm_start", "majority", "direct", "rag", "search_r1", "search_r2"):
+        assert 0.0 <= s[f"{name}_em"] <= 1.0
+        lo, hi = s[f"{name}_em_ci95"]
+        assert lo <= s[f"{name}_em"] <= hi
+        assert set(s[f"{name}_em_by_hops"]) <= {"1", "2", "3"} and s[f"{name}_wall_s"] >= 0
+    for arm in ("search_r1", "search_r2"):
+        assert len(s[f"{arm}_em_seeds"]) == 2 and s[f"{arm}_rl_steps"] == 2
+        assert s[f"{arm}_questions"] == 12
+    assert {"J_base", "A_prec", "V_inter", "S_trim", "G_bar", "dJ_measured"} <= {
+        k.split("/", 1)[1] for k in s["search_r2_diagnostics"]}
+    assert "search_r1_diagnostics" not in s  # no refiner in that arm's rollouts
+    assert 0 <= s["refiner_precision"] <= 1 and 0 <= s["refiner_recall"] <= 1
+    assert set(s["goals"]) == {"rl_works", "search_beats_direct_3x", "search_beats_rag_multihop",
+                               "search_r2_vs_r1_1p10"}
+    assert s["settings"]["seeds"] == [0, 1] and s["deviations"]
+    assert "| search_r2 |" in (out / "table.md").read_text()
+    assert (out / "curves.png").stat().st_size > 10_000
+
+    # Interrupt the last arm after its first RL step: drop its result and its final checkpoint.
+    arm = out / "arms" / "search_r2" / "seed1"
+    before = json.loads((arm / "test.json").read_text())["records"]
+    untouched = {p: p.stat().st_mtime_ns for p in (out / "baselines.json", out / "arms/search_r1/seed0/test.json")}
+    (arm / "test.json").unlink()
+    shutil.rmtree(arm / "checkpoints" / "2")
+    assert (arm / "checkpoints" / "1").exists()
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900, cwd=ROOT)
+    assert json.loads((arm / "test.json").read_text())["records"] == before  # resumed exactly
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched  # finished units are not redone
