@@ -54,6 +54,8 @@ def world_texts(world: World, num_demos: int = 2000, seed: int = 0) -> Iterator[
             yield q.question
         sample = rng.sample(world.questions, min(num_demos, len(world.questions)))
         for demo in DemoWriter(world).demos(sample, seed=seed):
+            # The prompt opens every training sequence: as often here as there, so its words become whole tokens.
+            yield demo.prompt
             yield "".join(s.text for s in demo.response)
             yield "".join(s.text for s in demo.refiner_segments())
 
