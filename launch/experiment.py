@@ -13,12 +13,14 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `configs` importable
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/learning.py", "the experiment's config file",
+_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "learning.py"),
+                                          "the experiment's config file",
                                           lock_config=False)
 _OUT = flags.DEFINE_string("out", None, "the experiment's directory (reused to continue)", required=True)
 _QUICK = flags.DEFINE_bool("quick", False, "the whole pipeline at toy sizes (the config's quick=1)")
