@@ -1,6 +1,6 @@
 """Smoke: a tiny from-scratch model on a tiny synthetic world, warm-started on demonstrations, then a few Search-R2
 GRPO steps with the Meta-Refiner on, and a greedy Actor-only eval table at the end. The README's main job; about
-3-4 minutes on 2 CPU cores.
+5-9 minutes on 2 CPU cores.
 
   python launch/train.py --config=configs/smoke.py --workdir=/tmp/searchr2_smoke
 """
