@@ -11,7 +11,7 @@ from searchr2_jax.rl.state import default_optim_config
 from searchr2_jax.rollout.refiner import default_refiner_config
 from searchr2_jax.rollout.rollout import default_rollout_config
 from searchr2_jax.retrieval.retriever import default_retrieval_config
-from searchr2_jax.variants import VARIANTS, ConfigError, variant_fields  # noqa: F401 (re-exported)
+from searchr2_jax.variants import VARIANTS, ConfigError, apply_variant, variant_fields  # noqa: F401 (re-exported)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -24,15 +24,6 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         kind = type(defaults[key])
         out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return out
-
-
-def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Sets the switches of one of VARIANTS (the paper's Table 3 rows and the rejection-sampling baseline)."""
-    for field, value in variant_fields(variant).items():  # ConfigError naming `variant` if unknown
-        section, name = field.split(".")
-        config[section][name] = value
-    config.variant = variant
-    return config
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from searchr2_jax.variants import VARIANTS, ConfigError
+from searchr2_jax.variants import VARIANTS, ConfigError, apply_variant
 
 RL_ARMS = (*VARIANTS, "ppo")  # the paper's Table 3 rows, rejection sampling, and PPO (search_r1 with a critic)
 HOPS = (1, 2, 3)
@@ -60,16 +60,9 @@ def warm_start_key(config: ml_collections.ConfigDict) -> str:
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, warm_dir: str) -> ml_collections.ConfigDict:
     """The trainer config of one RL arm: the experiment's settings, RL only, from the warm start's weights."""
-    from searchr2_jax.variants import variant_fields
-
     if arm not in RL_ARMS:
         raise ConfigError(f"experiment.arms: {arm!r} is not one of {RL_ARMS}")
-    c = copy.deepcopy(config)
-    variant = "search_r1" if arm == "ppo" else arm
-    for field, value in variant_fields(variant).items():
-        section, name = field.split(".")
-        c[section][name] = value
-    c.variant = variant
+    c = apply_variant(copy.deepcopy(config), "search_r1" if arm == "ppo" else arm)
     if arm == "ppo":
         c.rl.algo = "ppo"
     c.seed = seed
@@ -205,8 +198,7 @@ def refiner_quality(trainer, params, examples, seed: int = 0, flawed_fraction: f
     prompts = [list(tokenize_segments(trainer.tokenizer, d.refiner_segments(prompt=refiner.config.prompt)[:-1])[0])
                for d in demos]
     steps = [len(d.steps) for d in demos]
-    scores = np.concatenate([refiner.score(params, prompts[i:i + 8], steps[i:i + 8])
-                             for i in range(0, len(prompts), 8)])
+    scores = refiner.score(params, prompts, steps, batch=8)
     choice = np.asarray([decide(s, t, refiner.config.margin) for s, t in zip(scores, steps)])
     label = np.asarray([d.flawed_step for d in demos])
     flagged, flawed = choice > 0, label > 0

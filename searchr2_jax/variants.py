@@ -30,6 +30,16 @@ def variant_fields(variant: str) -> dict[str, bool]:
             "rl.train_meta_actions": v["joint"], "rl.rejection_sampling": v.get("rejection", False)}
 
 
+def apply_variant(config, variant: str):
+    """Sets the switches of one of VARIANTS (the paper's Table 3 rows and the rejection-sampling baseline) on a
+    config and labels it; returns the config."""
+    for field, value in variant_fields(variant).items():  # ConfigError naming `variant` if unknown
+        section, name = field.split(".")
+        config[section][name] = value
+    config.variant = variant
+    return config
+
+
 def check_variant(config) -> None:
     """Raises ConfigError if `config.variant` is unknown or a switch was overridden against it (the label would lie)."""
     for field, want in variant_fields(config.variant).items():

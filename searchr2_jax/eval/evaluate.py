@@ -48,10 +48,14 @@ def records(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: j
     return out
 
 
+def _record(ex: QAExample, answer: str | None, searches: int, response_tokens: int, status: str) -> dict:
+    return dict(id=ex.id, source=ex.data_source, hops=int((ex.metadata or {}).get("hops", 0)),
+                em=rewards.exact_match(answer, ex.golden_answers), f1=rewards.f1_score(answer, ex.golden_answers),
+                searches=searches, response_tokens=response_tokens, status=status, answer=answer)
+
+
 def _records(examples, trajectories, answers) -> list[dict]:
-    return [dict(id=ex.id, source=ex.data_source, hops=int((ex.metadata or {}).get("hops", 0)),
-                 em=rewards.exact_match(a, ex.golden_answers), f1=rewards.f1_score(a, ex.golden_answers),
-                 searches=len(t.searches), response_tokens=int(t.loss_mask.sum()), status=t.status, answer=a)
+    return [_record(ex, a, len(t.searches), int(t.loss_mask.sum()), t.status)
             for ex, t, a in zip(examples, trajectories, answers)]
 
 
@@ -77,9 +81,9 @@ def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
         if method == "rag":
-            found = retriever.search([protocol.normalize_question(ex.question) for ex in chunk], k)
-            prefixes = [f"{protocol.SEARCH_OPEN} {protocol.normalize_question(ex.question)} {protocol.SEARCH_CLOSE}"
-                        + protocol.render_information(p) + protocol.ANSWER_OPEN for ex, p in zip(chunk, found)]
+            queries = [protocol.normalize_question(ex.question) for ex in chunk]
+            prefixes = [f"{protocol.SEARCH_OPEN} {q} {protocol.SEARCH_CLOSE}" + protocol.render_information(p)
+                        + protocol.ANSWER_OPEN for q, p in zip(queries, retriever.search(queries, k))]
         else:
             prefixes = [protocol.ANSWER_OPEN] * len(chunk)
         jobs = make_jobs(chunk, tok, chat)
@@ -100,10 +104,7 @@ def majority_records(train: Sequence[QAExample], examples: Sequence[QAExample]) 
     out = []
     for ex in examples:
         top = votes.get((ex.metadata or {}).get("template", ex.data_source))
-        a = top.most_common(1)[0][0] if top else None
-        out.append(dict(id=ex.id, source=ex.data_source, hops=int((ex.metadata or {}).get("hops", 0)),
-                        em=rewards.exact_match(a, ex.golden_answers), f1=rewards.f1_score(a, ex.golden_answers),
-                        searches=0, response_tokens=0, status="answered", answer=a))
+        out.append(_record(ex, top.most_common(1)[0][0] if top else None, 0, 0, "answered"))
     return out
 
 

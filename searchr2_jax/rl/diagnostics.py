@@ -198,13 +198,6 @@ def continued_input(draft: T.Trajectory, k: int, regen: T.Trajectory, max_turns:
                        [t.passages for t in turns if t.action == "search"], dict(job.metadata))
 
 
-def _score(refiner: MetaRefiner, params, prompts: list[list[int]], num_steps: list[int], batch: int) -> np.ndarray:
-    """`refiner.score` in chunks of `batch` prompts (one full forward each)."""
-    parts = [refiner.score(params, prompts[i:i + batch], num_steps[i:i + batch])
-             for i in range(0, len(prompts), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, refiner.max_turns + 1), np.float32)
-
-
 def refiner_diagnostics(engine: RolloutEngine, refiner: MetaRefiner, params, jobs: Sequence[T.Job], rng: jax.Array,
                         reward_fn: RewardFn, regen_engine: RolloutEngine | None = None, refiner_params=None,
                         score_batch: int = 64) -> tuple[dict[str, float], list[DraftRecord]]:
@@ -234,7 +227,8 @@ def refiner_diagnostics(engine: RolloutEngine, refiner: MetaRefiner, params, job
             judged.append(t)
     num_steps = [len(t.turns) for t in judged]
     prompts = [refiner.prompt_ids(t, turn_texts(engine.tokenizer, t.response_ids, t.turns)) for t in judged]
-    scores = _score(refiner, params if refiner_params is None else refiner_params, prompts, num_steps, score_batch)
+    scores = refiner.score(params if refiner_params is None else refiner_params, prompts, num_steps,
+                           batch=score_batch)
     margin = refiner.config.margin
     alpha = [int(decide(s, n, margin) == 0) for s, n in zip(scores, num_steps)]
     cut = [1 + int(np.argmax(s[1:n + 1])) for s, n in zip(scores, num_steps)]

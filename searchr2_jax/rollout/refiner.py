@@ -151,8 +151,14 @@ class MetaRefiner:
             out[i, :t + 1] = logprobs[i, :t + 1]
         return out
 
-    def score(self, params, prompts: list[list[int]], num_steps: list[int]) -> np.ndarray:
-        """Log-probs [n, max_turns+1] of candidates "0".."T" after each prompt (-inf beyond a row's own T)."""
+    def score(self, params, prompts: list[list[int]], num_steps: list[int], batch: int | None = None) -> np.ndarray:
+        """Log-probs [n, max_turns+1] of candidates "0".."T" after each prompt (-inf beyond a row's own T).
+        `batch`: at most this many prompts per forward pass (a pass holds activations for all of its rows)."""
+        if not prompts:
+            return np.zeros((0, self.max_turns + 1), np.float32)
+        if batch is not None and len(prompts) > batch:
+            return np.concatenate([self.score(params, prompts[i:i + batch], num_steps[i:i + batch])
+                                   for i in range(0, len(prompts), batch)])
         n, T1 = len(prompts), self.max_turns + 1
         out = np.full((n, T1), -np.inf, np.float32)
         if self.max_candidate_len == 1:  # the usual case: every integer is one token, one row per prompt
