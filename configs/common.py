@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
         vocab_size=2048,  # for the world tokenizer
         chat=False,  # prompts through the tokenizer's chat template (instruct models)
         dtype="float32", remat=False,
+        logits_chunk=256,  # positions per LM-head block in the training passes (models/config.DecoderConfig)
         init=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32, intermediate_size=256,
                   rope_theta=10000.0, max_position_embeddings=4096)))
     c.retrieval = default_retrieval_config()
@@ -56,8 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
         gamma=1.0, lam=1.0,  # PPO's GAE (Search-R1 uses 1 and 1)
         loss=default_loss_config()))
     c.optim = default_optim_config()
+    # fresh_names: respell every name of each demonstration with fresh syllable names (consistently within it), so
+    # a from-scratch model must copy names out of the question and the passages instead of memorising the world's.
     c.sft = ml_collections.ConfigDict(dict(steps=0, batch_size=16, seq_len=512, flawed_fraction=0.4,
-                                           refiner_fraction=0.2, optim=default_optim_config()))
+                                           refiner_fraction=0.2, fresh_names=False, optim=default_optim_config()))
     c.sft.optim.learning_rate = 1e-3
     c.sft.optim.warmup_ratio = 0.05
     c.sft.optim.schedule = "cosine"

@@ -43,7 +43,8 @@ def get_config(arg=None):
                           temperature=0.8))  # < 1: more of a small warm start's samples stay on-protocol
     c.refiner.update(dict(max_revisions=1, margin=0.0, prompt="followup"))
     c.reward.judge = "oracle"  # the world knows which passages are gold
-    c.sft.update(dict(steps=a.sft_steps, batch_size=16, seq_len=768, flawed_fraction=0.15, refiner_fraction=0.1))
+    c.sft.update(dict(steps=a.sft_steps, batch_size=16, seq_len=768, flawed_fraction=0.15, refiner_fraction=0.1,
+                      fresh_names=True))  # copy names, never memorise them: held-out names are new
     c.sft.optim.learning_rate = 3e-3
     c.rl.group_size = 5
     c.rl.loss.loss_agg = "token-mean"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 
 import jax
@@ -228,11 +229,11 @@ class Trainer:
     def _model(self, rng):
         m = self.config.model
         if m.hf_path:
-            cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, remat=m.remat,
+            cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, remat=m.remat, logits_chunk=m.logits_chunk,
                                                 value_head=self.config.rl.algo == "ppo")
             return hf_io.load_params(m.hf_path, cfg, shardings=sharding.param_shardings(cfg, self.mesh))
         # A from-scratch model sized by config; the embedding matches the tokenizer exactly (never resized later).
-        cfg = DecoderConfig(vocab_size=len(self.tokenizer), dtype=m.dtype, remat=m.remat,
+        cfg = DecoderConfig(vocab_size=len(self.tokenizer), dtype=m.dtype, remat=m.remat, logits_chunk=m.logits_chunk,
                             value_head=self.config.rl.algo == "ppo", tie_word_embeddings=True, **dict(m.init))
         return cfg, decoder.init_params(cfg, rng)
 
@@ -264,6 +265,9 @@ class Trainer:
         idx = rng.choice(len(examples), size=rows, replace=False)
         demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
                                         flawed_fraction=c.flawed_fraction)
+        if c.fresh_names:
+            names = self.world.name_words()
+            demos = [d.renamed(synthetic.Renamer(names, random.Random(int(rng.integers(2**31))))) for d in demos]
         tokens = np.zeros((rows, L), np.int32)
         mask = np.zeros((rows, L), np.float32)
         valid = np.zeros((rows, L), bool)

@@ -7,6 +7,7 @@ persistent compilation cache, so only the first Trainer pays for compilation.
 import json
 import math
 import os
+import re
 import shutil
 import types
 
@@ -152,6 +153,17 @@ def test_sft_batches_are_a_function_of_seed_and_step(compile_cache, tmp_path):
     for x, y in zip(first[1], trainer.sft_batch(1)):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(first[0][0], first[1][0])
+
+
+def test_fresh_name_sft_batches_name_no_entity_of_the_world(compile_cache, tmp_path):
+    c = tiny_config()
+    c.sft.fresh_names = True
+    trainer = Trainer(c, str(tmp_path), devices=one_device())
+    tokens, valid, _ = trainer.sft_batch(0)
+    np.testing.assert_array_equal(tokens, trainer.sft_batch(0)[0])  # still a function of (seed, step)
+    text = " ".join(trainer.tokenizer.decode(t[v]) for t, v in zip(tokens, valid))
+    assert not set(re.findall(r"[A-Za-z]+", text)) & trainer.world.name_words()
+    assert "<search>" in text and "<information>" in text
 
 
 def _trajs(statuses, group_ids):

@@ -18,7 +18,7 @@ import random
 from typing import Sequence
 
 from searchr2_jax.data.qa import QAExample
-from searchr2_jax.data.synthetic import TEMPLATES, World
+from searchr2_jax.data.synthetic import TEMPLATES, Renamer, World
 from searchr2_jax.retrieval.types import Passage, Retriever
 from searchr2_jax.text.protocol import (Segment, Step, build_prompt, build_refiner_followup, build_refiner_prompt,
                                         refiner_candidates, render_information, segment_trajectory)
@@ -42,6 +42,17 @@ class Demo:
     @property
     def steps(self) -> list[Step]:
         return segment_trajectory(self.response)
+
+    def renamed(self, rename: Renamer) -> "Demo":
+        """This demo with every name word respelled by `rename` (a consistent `Renamer`): the same hops, searches and
+        namesakes about entities that exist nowhere, so only copying names out of the question and the retrieved
+        passages lowers the loss on it; memorising the world's names does not."""
+        ex = dataclasses.replace(self.example, question=rename(self.example.question),
+                                 golden_answers=tuple(rename(a) for a in self.example.golden_answers))
+        return dataclasses.replace(
+            self, example=ex, prompt=rename(self.prompt),
+            response=tuple(Segment(rename(s.text), s.generated) for s in self.response),
+            answer=None if self.answer is None else rename(self.answer))
 
     def sft_segments(self) -> list[Segment]:
         """Prompt (loss off) followed by the response segments."""

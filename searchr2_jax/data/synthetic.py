@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 from typing import Any, Callable
 
 from searchr2_jax.data.qa import QAExample
@@ -143,6 +144,42 @@ def syllable_word(rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> st
         w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n)).capitalize()
         if 4 <= len(w) <= 12:
             return w
+
+
+_WORD_RE = re.compile(r"[A-Z][a-z]+")
+
+
+class Renamer:
+    """Respells the name words of a text (`names`, e.g. `World.name_words()`) as fresh syllable names; other words
+    stay. Languages keep their "-ish". A fresh name is never one of `names`.
+
+    consistent=True: one word maps to one fresh name for the renamer's life, and two words never to the same one, so
+    a renamed demonstration keeps its facts and namesakes, about entities no region has. False: every occurrence is
+    respelled anew (the world tokenizer's training text, which must not learn any name whole)."""
+
+    def __init__(self, names: set[str], rng: random.Random, consistent: bool = True):
+        self.names, self.rng, self.consistent = names, rng, consistent
+        self.map: dict[str, str] = {}
+        self.used: set[str] = set()
+
+    def _fresh(self, word: str) -> str:
+        while True:
+            w = syllable_word(self.rng, (2, 2)) + "ish" if word.endswith("ish") else syllable_word(self.rng)
+            if w not in self.names and w not in self.used:
+                return w
+
+    def word(self, word: str) -> str:
+        if word not in self.names:
+            return word
+        if not self.consistent:
+            return self._fresh(word)
+        if word not in self.map:
+            self.map[word] = self._fresh(word)
+            self.used.add(self.map[word])
+        return self.map[word]
+
+    def __call__(self, text: str) -> str:
+        return _WORD_RE.sub(lambda m: self.word(m.group(0)), text)
 
 
 class _Names:

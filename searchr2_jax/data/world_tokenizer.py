@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from typing import Iterator
 
-from searchr2_jax.data.synthetic import World, syllable_word
+from searchr2_jax.data.synthetic import Renamer, World
 from searchr2_jax.text.protocol import INVALID_ACTION_MESSAGE, PROMPT_TEMPLATE, PROTOCOL_TAGS
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
@@ -22,9 +21,6 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-_WORD_RE = re.compile(r"[A-Z][a-z]+")
 
 
 def world_texts(world: World, num_demos: int = 2000, seed: int = 0) -> Iterator[str]:
@@ -37,13 +33,7 @@ def world_texts(world: World, num_demos: int = 2000, seed: int = 0) -> Iterator[
     from searchr2_jax.data.demos import DemoWriter  # demos imports this package's modules; keep import local
 
     rng = random.Random(seed)
-    names = world.name_words()
-
-    def fresh(m: re.Match) -> str:
-        w = m.group(0)
-        if w not in names:
-            return w
-        return syllable_word(rng, (2, 2)) + "ish" if w.endswith("ish") else syllable_word(rng)
+    rename = Renamer(world.name_words(), rng, consistent=False)
 
     def texts() -> Iterator[str]:
         yield PROMPT_TEMPLATE
@@ -60,7 +50,7 @@ def world_texts(world: World, num_demos: int = 2000, seed: int = 0) -> Iterator[
             yield "".join(s.text for s in demo.refiner_segments())
 
     for text in texts():
-        yield _WORD_RE.sub(fresh, text)
+        yield rename(text)
 
 
 def train_world_tokenizer(world: World, vocab_size: int = 4096, out_dir: str | None = None, seed: int = 0):

@@ -51,6 +51,9 @@ class DecoderConfig:
     dtype: str = "float32"
     remat: bool = False
     value_head: bool = False
+    # The training passes run the LM head this many positions at a time, so no [B, T, V] logits are ever held
+    # (rl/logprobs.chunked_token_logprobs): at V = 152k one fp32 row of 4k positions is 2.3 GiB.
+    logits_chunk: int = 256
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:

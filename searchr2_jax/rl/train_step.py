@@ -24,7 +24,7 @@ import optax
 from searchr2_jax.models import decoder
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import losses
-from searchr2_jax.rl.logprobs import token_logprobs
+from searchr2_jax.rl.logprobs import chunked_token_logprobs
 from searchr2_jax.rl.state import TrainState
 
 
@@ -45,12 +45,15 @@ class StepBatch(NamedTuple):
     meta_advantages: jax.Array  # [M, Q] f32
 
 
-def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature: float = 1.0):
-    """(log p(token i | tokens < i) [B, T] fp32 with 0 at i = 0, final hidden states)."""
+def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature: float = 1.0, entropy: bool = False):
+    """(log p(token i | tokens < i) [B, T] fp32 with 0 at i = 0, final hidden states), and with `entropy` the
+    policy's entropy at each of those positions [B, T] as a third element. The LM head runs `cfg.logits_chunk`
+    positions at a time, rematerialized in the backward pass: no [B, T, V] logits are held."""
     hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=valid)
-    logits = decoder.lm_logits(cfg, params, hidden[:, :-1])
-    lp = token_logprobs(logits, tokens[:, 1:], temperature)
-    return jnp.pad(lp, ((0, 0), (1, 0))), hidden
+    out = chunked_token_logprobs(hidden[:, :-1], lambda h: decoder.lm_logits(cfg, params, h), tokens[:, 1:],
+                                 cfg.logits_chunk, temperature, return_entropy=entropy)
+    pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
+    return (pad(out[0]), hidden, pad(out[1])) if entropy else (pad(out), hidden)
 
 
 def token_values(cfg: DecoderConfig, params, hidden):
@@ -97,11 +100,13 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
     use_kl = loss_cfg.kl_coef > 0
 
     def policy_terms(params, ref_params, tokens, valid, mask, old_lp, adv, temperature):
-        logp, hidden = sequence_logprobs(cfg, params, tokens, valid, temperature)
+        # The entropy is logged always (its collapse is the first sign of a failing run) and trained on when
+        # entropy_coef > 0; it comes out of the same LM-head blocks as the log-probs.
+        logp, hidden, ent = sequence_logprobs(cfg, params, tokens, valid, temperature, entropy=True)
         ref_lp = None
         if use_kl:
             ref_lp = jax.lax.stop_gradient(sequence_logprobs(cfg, ref_params, tokens, valid, temperature)[0])
-        loss_sum, _, metrics = losses.policy_loss(logp, old_lp, ref_lp, adv, mask, loss_cfg)
+        loss_sum, _, metrics = losses.policy_loss(logp, old_lp, ref_lp, adv, mask, loss_cfg, entropy=ent)
         return loss_sum, metrics, hidden
 
     def loss_fn(params, mb: StepBatch, ref_params, denom, tok_denom, meta_denom):

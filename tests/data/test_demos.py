@@ -1,6 +1,7 @@
 """Scripted demonstrations: exact protocol, sound ones answer correctly, flaws labelled at their first bad step."""
 
 import random
+import re
 
 import pytest
 
@@ -116,3 +117,27 @@ def test_demos_with_a_retriever_and_chat_template(world):
     assert r.queries == list(world.questions[0].metadata["hop_queries"])
     assert demo.prompt.startswith("<|im_start|>user\n") and demo.response[-1].text.endswith("</answer><|im_end|>")
     assert "Doc 2(Title: T1)" in demo.response[1].text
+
+
+def test_renamed_demos_keep_their_facts_under_fresh_names(world, writer):
+    """A renamed demo names no entity of any region, maps each name word to one fresh word (and two to two), and
+    keeps its layout and labels, so every name it writes can still be copied from the question or a passage."""
+    from searchr2_jax.data.synthetic import Renamer
+
+    names = world.name_words()
+    demos = writer.demos(world.questions[:120], seed=3, flawed_fraction=0.5)
+    for i, demo in enumerate(demos):
+        rename = Renamer(names, random.Random(i))
+        new = demo.renamed(rename)
+        texts = [new.prompt, new.example.question, *new.example.golden_answers, *(s.text for s in new.response)]
+        assert not {w for t in texts for w in re.findall(r"[A-Za-z]+", t)} & names
+        assert len(set(rename.map.values())) == len(rename.map)  # injective: namesakes stay namesakes, others differ
+        assert [s.generated for s in new.response] == [s.generated for s in demo.response]
+        assert (new.flaw, new.flawed_step, len(new.steps)) == (demo.flaw, demo.flawed_step, len(demo.steps))
+        assert (new.answer in new.example.golden_answers) == (demo.answer in demo.example.golden_answers)
+        for old_seg, new_seg in zip(demo.response, new.response):
+            assert new_seg.text == rename(old_seg.text)  # the same mapping everywhere in the demo
+        if demo.flaw is None and not demo.answer.isdigit():
+            info = "".join(s.text for s in new.response if not s.generated)
+            assert new.answer in info  # the answer is in a retrieved passage: copying finds it
+    assert len({Renamer(names, random.Random(s)).word(next(iter(sorted(names)))) for s in range(20)}) > 15

@@ -231,3 +231,33 @@ def test_sft_step_learns_a_repeated_batch():
         state, metrics = sft(state, b.tokens, b.valid, b.loss_mask)
         nll.append(float(metrics["sft/nll"]))
     assert nll[-1] < 0.6 * nll[0]  # random tokens: memorizing them takes a while; the drop is what matters
+
+
+def test_chunked_logprobs_entropy_and_train_step_equal_the_unchunked_ones():
+    """Chunked LM-head blocks (a tail that does not divide included) give the log-probs, entropy, loss and gradients
+    of one block over the whole sequence."""
+    from searchr2_jax.rl.logprobs import entropy_from_logits
+
+    params = decoder.init_params(CFG, jax.random.key(0), std=0.1)
+    b = _batch()
+    one, chunked = CFG.replace(logits_chunk=1024), CFG.replace(logits_chunk=5)
+    lp, _, ent = sequence_logprobs(chunked, params, b.tokens, b.valid, 0.8, entropy=True)
+    logits, _ = decoder.apply(CFG, params, b.tokens, mask=b.valid)
+    full = jax.nn.log_softmax(logits[:, :-1] / 0.8, -1)
+    expected = jnp.take_along_axis(full, b.tokens[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(lp[:, 1:]), np.asarray(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ent[:, 1:]), np.asarray(entropy_from_logits(logits[:, :-1], 0.8)),
+                               atol=1e-5)
+    cfg = default_loss_config()
+    cfg.entropy_coef = 0.01
+    opt = optax.sgd(1.0)
+    grads = {}
+    for name, c in (("one", one), ("chunked", chunked)):
+        state = state_lib.init_state(params, opt, jax.random.key(1), with_reference=True)
+        new, metrics = jax.jit(make_train_step(c, cfg, opt, num_micro=2, temperature=0.8))(state, b)
+        grads[name] = (jax.tree.map(lambda a, p: np.asarray(p - a), new.params, state.params), metrics)
+    for a, c in zip(jax.tree.leaves(grads["one"][0]), jax.tree.leaves(grads["chunked"][0])):
+        np.testing.assert_allclose(c, a, atol=1e-6)
+    for k in ("train/loss", "train/entropy", "train/kl"):
+        np.testing.assert_allclose(float(grads["chunked"][1][k]), float(grads["one"][1][k]), rtol=1e-5)
+    assert float(grads["one"][1]["train/entropy"]) > 0
