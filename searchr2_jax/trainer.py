@@ -320,7 +320,8 @@ class Trainer:
             seq_adv = np.asarray(adv_lib.sequence_advantages(
                 jnp.asarray(reward), jnp.asarray(gid), jnp.asarray(keep), normalize_std=c.rl.normalize_std,
                 rejection_sampling=c.rl.rejection_sampling))
-        M = T.bucket(len(trajs), minimum=c.train.micro_batches)  # at most one meta-action per revision budget
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        num_meta = T.meta_rows(len(trajs), c.refiner.max_revisions, c.train.micro_batches, shards)
         # The padded lengths to_batch would pick; multi-host, the largest over hosts so that every host agrees.
         seq_len = T.bucket(max((len(t.job.prompt_ids) + len(t.response_ids) for t in trajs), default=1))
         meta_len = T.bucket(max((len(m.prompt_ids) + len(m.action_ids) for t in trajs for m in t.meta_actions),
@@ -328,7 +329,7 @@ class Trainer:
         if jax.process_count() > 1:
             seq_len, meta_len = (int(v) for v in np.asarray(multihost_utils.process_allgather(
                 np.asarray([seq_len, meta_len], np.int32))).max(axis=0))
-        b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=M * max(c.refiner.max_revisions, 1))
+        b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=num_meta)
         loss_mask, meta_mask = (np.asarray(x) for x in adv_lib.drop_rows(keep, b.loss_mask, b.meta_mask,
                                                                          b.meta_index))
         valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]

@@ -59,6 +59,22 @@ def test_paper_settings(name):
         validate_config(load(name), num_devices=6)
 
 
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_meta_action_rows_divide_the_micro_batches_and_the_mesh(name):
+    """The step batch's meta-action rows split into micro-batches of whole mesh shards (the paper configs'
+    20 and 40 micro-batches once failed to divide a power-of-two bucket at their first RL step)."""
+    from searchr2_jax.models import sharding
+    from searchr2_jax.rollout.types import meta_rows
+
+    c = load(name)
+    for n in DEVICES[name]:
+        data, fsdp, _ = sharding.mesh_shape(c.mesh, n)
+        rows = c.train.prompts_per_step * c.rl.group_size
+        m = meta_rows(rows, c.refiner.max_revisions, c.train.micro_batches, data * fsdp)
+        assert m >= rows * max(c.refiner.max_revisions, 1)
+        assert (m // c.train.micro_batches) % (data * fsdp) == 0 and m % c.train.micro_batches == 0
+
+
 @pytest.mark.parametrize("variant", sorted(common.VARIANTS))
 def test_synthetic_variants_set_their_switches(variant):
     c = load("synthetic", f"variant={variant}")

@@ -95,6 +95,15 @@ class TrajectoryBatch(NamedTuple):
     meta_lengths: np.ndarray  # [M] int32: refiner prompt + chosen integer (0 on padding rows)
 
 
+def meta_rows(num_trajectories: int, max_revisions: int, micro_batches: int, shards: int) -> int:
+    """The meta-action rows of a step batch: room for one per revision of every trajectory, in a power-of-two
+    bucket, rounded up to a multiple of micro_batches x shards so that the micro-batch split and the mesh's batch
+    axes divide it (20 micro-batches do not divide a bucket of 4,096)."""
+    unit = micro_batches * shards
+    n = bucket(num_trajectories, minimum=1) * max(max_revisions, 1)
+    return -(-n // unit) * unit
+
+
 def bucket(n: int, minimum: int = 16, fine: bool = False) -> int:
     """Next power of two >= n: the one shape rule every padded batch in the project follows. `fine` also allows
     1.5 x a power of two (..., 128, 192, 256, 384, ...), for the token dimensions of prefill chunks and attention
