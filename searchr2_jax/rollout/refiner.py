@@ -69,15 +69,16 @@ def steps_of(traj_text_turns: Sequence[tuple[str, str]]) -> list[protocol.Step]:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
-def _sequence_logprobs(cfg: DecoderConfig, params, tokens, mask, targets, target_mask, k: int):
-    """Sum of log p(targets) over `target_mask` per row. Position i of targets/target_mask is the token predicted
-    from position i. Only the (at most k) target positions get logits: n x L x V logits would not fit."""
+def _candidate_logprobs(cfg: DecoderConfig, params, tokens, mask, targets, target_mask, k: int):
+    """log p(target) at each row's first k `target_mask` positions, in order [N, k] (0 past a row's targets).
+    Position i of targets/target_mask is the token predicted from position i. Only those positions get logits:
+    n x L x V logits would not fit."""
     hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=mask)
     pos = jnp.argsort(~target_mask, axis=1, stable=True)[:, :k]
     h = jnp.take_along_axis(hidden, pos[..., None], axis=1)
     logp = jax.nn.log_softmax(decoder.lm_logits(cfg, params, h), axis=-1)
     tok_lp = jnp.take_along_axis(logp, jnp.take_along_axis(targets, pos, axis=1)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(jnp.take_along_axis(target_mask, pos, axis=1), tok_lp, 0.0), axis=1)
+    return jnp.where(jnp.take_along_axis(target_mask, pos, axis=1), tok_lp, 0.0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -151,14 +152,22 @@ class MetaRefiner:
             out[i, :t + 1] = logprobs[i, :t + 1]
         return out
 
-    def score(self, params, prompts: list[list[int]], num_steps: list[int], batch: int | None = None) -> np.ndarray:
+    def score(self, params, prompts: list[list[int]], num_steps: list[int], batch: int | None = None,
+              per_token: bool = False):
         """Log-probs [n, max_turns+1] of candidates "0".."T" after each prompt (-inf beyond a row's own T).
-        `batch`: at most this many prompts per forward pass (a pass holds activations for all of its rows)."""
+        `batch`: at most this many prompts per forward pass (a pass holds activations for all of its rows).
+        `per_token`: also return each candidate's log-prob token by token [n, max_turns+1, max_candidate_len]
+        (0-padded; the scores are their sums), which the trainer's per-token PPO ratio needs when a tokenizer
+        splits an integer."""
         if not prompts:
-            return np.zeros((0, self.max_turns + 1), np.float32)
+            empty = np.zeros((0, self.max_turns + 1), np.float32)
+            return (empty, empty[..., None].repeat(self.max_candidate_len, -1)) if per_token else empty
         if batch is not None and len(prompts) > batch:
-            return np.concatenate([self.score(params, prompts[i:i + batch], num_steps[i:i + batch])
-                                   for i in range(0, len(prompts), batch)])
+            parts = [self.score(params, prompts[i:i + batch], num_steps[i:i + batch], per_token=per_token)
+                     for i in range(0, len(prompts), batch)]
+            if per_token:
+                return tuple(np.concatenate(p) for p in zip(*parts))
+            return np.concatenate(parts)
         n, T1 = len(prompts), self.max_turns + 1
         out = np.full((n, T1), -np.inf, np.float32)
         if self.max_candidate_len == 1:  # the usual case: every integer is one token, one row per prompt
@@ -167,8 +176,9 @@ class MetaRefiner:
             for r, p in enumerate(prompts):
                 tokens[r, :len(p)], mask[r, :len(p)] = p, True
             cands = np.asarray([c[0] for c in self.candidate_ids], np.int32)
-            return self.own_steps(np.asarray(_next_token_logprobs(self.cfg, params, tokens, mask, cands))[:n],
-                                  num_steps)
+            out = self.own_steps(np.asarray(_next_token_logprobs(self.cfg, params, tokens, mask, cands))[:n],
+                                 num_steps)
+            return (out, out[..., None]) if per_token else out
         rows = [(i, j) for i, t in enumerate(num_steps) for j in range(t + 1)]
         L = bucket(max(len(prompts[i]) + len(self.candidate_ids[j]) for i, j in rows))
         N = bucket(len(rows), minimum=1)
@@ -179,10 +189,12 @@ class MetaRefiner:
             tokens[r, :len(p) + len(c)], mask[r, :len(p) + len(c)] = p + c, True
             targets[r, len(p) - 1:len(p) + len(c) - 1], tmask[r, len(p) - 1:len(p) + len(c) - 1] = c, True
         k = bucket(self.max_candidate_len, minimum=1)
-        lp = np.asarray(_sequence_logprobs(self.cfg, params, tokens, mask, targets, tmask, k))
+        lp = np.asarray(_candidate_logprobs(self.cfg, params, tokens, mask, targets, tmask, k))
+        tok = np.zeros((n, T1, self.max_candidate_len), np.float32)
         for r, (i, j) in enumerate(rows):
-            out[i, j] = lp[r]
-        return out
+            out[i, j] = lp[r].sum()
+            tok[i, j] = lp[r, :self.max_candidate_len]
+        return (out, tok) if per_token else out
 
     def judge(self, params, trajectories: list[Trajectory], step_texts: list[list[tuple[str, str]]],
               rngs: Sequence[np.random.Generator]) -> list[Decision]:
@@ -190,14 +202,20 @@ class MetaRefiner:
         prompts = [self.prompt_ids(t, s) for t, s in zip(trajectories, step_texts)]
         num_steps = [len(s) for s in step_texts]
         t0 = time.perf_counter()
-        scores = self.score(params, prompts, num_steps)
+        scores, token_scores = self.score(params, prompts, num_steps, per_token=True)
         self.last_score_s = time.perf_counter() - t0
-        return self.decisions(prompts, num_steps, scores, rngs)
+        return self.decisions(prompts, num_steps, scores, rngs, token_scores)
 
     def decisions(self, prompts: list[list[int]], num_steps: list[int], scores: np.ndarray,
-                  rngs: Sequence[np.random.Generator]) -> list[Decision]:
+                  rngs: Sequence[np.random.Generator], token_scores: np.ndarray | None = None) -> list[Decision]:
         """The decision rule (or the benchmark's forced revisions) on candidate scores [n, max_turns+1]. `rngs`, one
-        per trajectory, draw the forced revisions: keyed per job, they do not depend on the order trajectories end."""
+        per trajectory, draw the forced revisions: keyed per job, they do not depend on the order trajectories end.
+        `token_scores` [n, max_turns+1, max_candidate_len]: the scores token by token (`score(per_token=True)`);
+        without it every candidate must be one token."""
+        if token_scores is None:
+            if self.max_candidate_len > 1:
+                raise ValueError("decisions: multi-token candidates need token_scores (score(per_token=True))")
+            token_scores = scores[..., None]
         out = []
         for i, (p, t, rng) in enumerate(zip(prompts, num_steps, rngs)):
             forced = self.config.force_revise_rate >= 0
@@ -205,8 +223,10 @@ class MetaRefiner:
                 choice = int(rng.integers(1, t + 1)) if t >= 1 and rng.random() < self.config.force_revise_rate else 0
             else:
                 choice = decide(scores[i], t, self.config.margin)
-            meta = MetaAction(prompt_ids=p, action_ids=self.candidate_ids[choice], choice=choice,
-                              logprob=float(scores[i, choice]), scores=scores[i, :t + 1].tolist(), forced=forced)
+            action = self.candidate_ids[choice]
+            meta = MetaAction(prompt_ids=p, action_ids=action, choice=choice, logprob=float(scores[i, choice]),
+                              scores=scores[i, :t + 1].tolist(), forced=forced,
+                              action_logprobs=token_scores[i, choice, :len(action)].tolist())
             out.append(Decision(choice, meta))
         return out
 

@@ -53,6 +53,16 @@ class MetaAction:
     logprob: float
     scores: list[float]  # log p("0") .. log p("T")
     forced: bool = False
+    action_logprobs: list[float] | None = None  # per token of action_ids (sum = logprob); None: one token
+
+    def __post_init__(self):
+        if self.action_logprobs is None:
+            if len(self.action_ids) != 1:
+                raise ValueError(f"MetaAction: {len(self.action_ids)} action tokens need action_logprobs per token")
+            self.action_logprobs = [self.logprob]
+        elif len(self.action_logprobs) != len(self.action_ids):
+            raise ValueError(f"MetaAction: {len(self.action_logprobs)} action_logprobs for {len(self.action_ids)} "
+                             "action tokens")
 
 
 @dataclasses.dataclass
@@ -150,9 +160,7 @@ def to_batch(trajectories: Sequence[Trajectory], seq_len: int | None = None, met
         meta_tokens[j, :p] = m.prompt_ids
         meta_tokens[j, p:p + a] = m.action_ids
         meta_mask[j, p:p + a] = 1
-        # The choice's log-prob is a sum over its tokens; put it on the first action token (the rest 0) so that
-        # a sum over the mask recovers it. Single-token integers ("0".."9") are the common case.
-        meta_logp[j, p] = m.logprob
+        meta_logp[j, p:p + a] = m.action_logprobs  # per token: the PPO ratio is taken token by token
         meta_index[j] = i
         meta_lengths[j] = p + a
     return TrajectoryBatch(tokens, mask, logp, np.asarray(lens, np.int32),
