@@ -55,12 +55,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl = ml_collections.ConfigDict(dict(
         algo="grpo", group_size=5, normalize_std=True, train_meta_actions=True, rejection_sampling=False,
         gamma=1.0, lam=1.0,  # PPO's GAE (Search-R1 uses 1 and 1)
+        # pi_old for the PPO ratio: "on" recomputes the sampled tokens' log-probs with a full forward of the
+        # training program before the update (verl's default), "off" keeps the sampler's; "auto" is on unless the
+        # model runs in float32, where the cached decode and the full forward agree.
+        recompute_old_logprobs="auto",
         loss=default_loss_config()))
     c.optim = default_optim_config()
     # fresh_names: respell every name of each demonstration with fresh syllable names (consistently within it), so
     # a from-scratch model must copy names out of the question and the passages instead of memorising the world's.
+    # copy_steps: the first SFT steps train on copy drills instead (a question and its first turn under fresh names,
+    # short rows): a small model forms its copying (induction) heads within a few hundred such short steps, while
+    # whole demonstrations, whose copied tokens are a minority, can take thousands.
     c.sft = ml_collections.ConfigDict(dict(steps=0, batch_size=16, seq_len=512, flawed_fraction=0.4,
-                                           refiner_fraction=0.2, fresh_names=False, optim=default_optim_config()))
+                                           refiner_fraction=0.2, fresh_names=False, copy_steps=0,
+                                           optim=default_optim_config()))
     c.sft.optim.learning_rate = 1e-3
     c.sft.optim.warmup_ratio = 0.05
     c.sft.optim.schedule = "cosine"

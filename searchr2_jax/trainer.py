@@ -44,6 +44,10 @@ from searchr2_jax.variants import ConfigError, check_variant
 __all__ = ["ConfigError", "Trainer", "validate_config"]
 
 
+# Tokens of a copy drill row: a question and one turn (data/demos.Demo.copy_drill_segments) fit with room to spare.
+COPY_DRILL_LEN = 96
+
+
 def _files(spec: str) -> list[str]:
     return [p.strip() for p in (spec or "").split(",") if p.strip()]
 
@@ -75,6 +79,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     if rows % tr.micro_batches:
         raise ConfigError(f"train.micro_batches={tr.micro_batches} does not divide the {rows} rollout rows "
                           f"(train.prompts_per_step x rl.group_size)")
+    if rl.recompute_old_logprobs not in ("auto", "on", "off"):
+        raise ConfigError(f"rl.recompute_old_logprobs={rl.recompute_old_logprobs!r}: expected 'auto', 'on' or 'off'")
     if config.reward.judge not in judges.JUDGES:
         raise ConfigError(f"reward.judge={config.reward.judge!r}: expected one of {sorted(judges.JUDGES)}")
     if (config.reward.judge == "llm" and not config.reward.outcome_only
@@ -190,9 +196,12 @@ class Trainer:
         self.sft_step = jax.jit(make_sft_step(self.model_cfg, self.sft_opt, config.train.micro_batches),
                                 in_shardings=(self.state_shardings, rows, rows, rows),
                                 out_shardings=(self.state_shardings, None), donate_argnums=0)
+        recompute = config.rl.recompute_old_logprobs
+        self.recompute_old = recompute == "on" or (recompute == "auto" and self.model_cfg.dtype != "float32")
         self.train_step = jax.jit(make_train_step(self.model_cfg, config.rl.loss, self.rl_opt,
                                                   config.train.micro_batches, use_critic=config.rl.algo == "ppo",
-                                                  temperature=config.rollout.temperature),
+                                                  temperature=config.rollout.temperature,
+                                                  recompute_old=self.recompute_old),
                                   in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, None),
                                   donate_argnums=0)
         # Each host reads its own shard (QAPipeline splits by process index) and its share of the global batch.
@@ -255,17 +264,18 @@ class Trainer:
         A pure function of (config.seed, step), so a run resumed mid-SFT continues the same stream of batches.
         Multi-host: this host's sft.batch_size / process_count rows, drawn with the process index in the seed."""
         c = self.config.sft
+        drill = step < c.copy_steps
         if self._demo_writer is None:
             self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk,
                                                      retriever=self.train_retriever)
         procs = jax.process_count()
         rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
         examples = self.train_examples
-        L, rows = c.seq_len, c.batch_size // procs
+        L, rows = (COPY_DRILL_LEN if drill else c.seq_len), c.batch_size // procs
         idx = rng.choice(len(examples), size=rows, replace=False)
         demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
-                                        flawed_fraction=c.flawed_fraction)
-        if c.fresh_names:
+                                        flawed_fraction=0.0 if drill else c.flawed_fraction)
+        if c.fresh_names or drill:
             names = self.world.name_words()
             demos = [d.renamed(synthetic.Renamer(names, random.Random(int(rng.integers(2**31))))) for d in demos]
         tokens = np.zeros((rows, L), np.int32)
@@ -274,7 +284,9 @@ class Trainer:
         for r, d in enumerate(demos):
             # Sound demos teach the Actor; a share of them and every flawed demo teach the refiner its label
             # (the first flawed step, 0 when sound) under the same prompt the rollout's refiner builds.
-            if d.flawed_step == 0 and rng.random() >= c.refiner_fraction:
+            if drill:
+                segs = d.copy_drill_segments()
+            elif d.flawed_step == 0 and rng.random() >= c.refiner_fraction:
                 segs = d.sft_segments()
             else:
                 segs = d.refiner_segments(prompt=self.config.refiner.prompt)
@@ -333,6 +345,7 @@ class Trainer:
         loss_mask, meta_mask = (np.asarray(x) for x in adv_lib.drop_rows(keep, b.loss_mask, b.meta_mask,
                                                                          b.meta_index))
         valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]
+        mvalid = np.arange(b.meta_tokens.shape[1])[None, :] < b.meta_lengths[:, None]
         zeros = np.zeros(b.tokens.shape, np.float32)
         old_values, returns = zeros, zeros
         if ppo and not c.rl.rejection_sampling:
@@ -352,7 +365,6 @@ class Trainer:
             adv_tok = seq_adv[:, None] * (loss_mask > 0)
         train_meta = c.refiner.enabled and c.rl.train_meta_actions
         meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * meta_mask
-        mvalid = np.arange(b.meta_tokens.shape[1])[None, :] < b.meta_lengths[:, None]
         return StepBatch(b.tokens, valid, loss_mask, b.logprobs, adv_tok.astype(np.float32),
                          returns.astype(np.float32), old_values, b.meta_tokens, mvalid,
                          (meta_mask * train_meta).astype(np.float32), b.meta_logprobs, meta_adv.astype(np.float32))

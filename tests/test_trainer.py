@@ -21,7 +21,7 @@ from searchr2_jax import checkpoint as ckpt_lib
 from searchr2_jax.metrics import read_jsonl
 from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rollout import types as T
-from searchr2_jax.trainer import ConfigError, Trainer, validate_config
+from searchr2_jax.trainer import COPY_DRILL_LEN, ConfigError, Trainer, validate_config
 
 SFT, RL = 2, 3
 TOTAL = SFT + RL
@@ -155,15 +155,25 @@ def test_sft_batches_are_a_function_of_seed_and_step(compile_cache, tmp_path):
     assert not np.array_equal(first[0][0], first[1][0])
 
 
-def test_fresh_name_sft_batches_name_no_entity_of_the_world(compile_cache, tmp_path):
+def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(compile_cache, tmp_path):
     c = tiny_config()
-    c.sft.fresh_names = True
+    c.sft.update(dict(fresh_names=True, copy_steps=1))
     trainer = Trainer(c, str(tmp_path), devices=one_device())
-    tokens, valid, _ = trainer.sft_batch(0)
-    np.testing.assert_array_equal(tokens, trainer.sft_batch(0)[0])  # still a function of (seed, step)
-    text = " ".join(trainer.tokenizer.decode(t[v]) for t, v in zip(tokens, valid))
-    assert not set(re.findall(r"[A-Za-z]+", text)) & trainer.world.name_words()
-    assert "<search>" in text and "<information>" in text
+    names = trainer.world.name_words()
+    for step, length in ((0, COPY_DRILL_LEN), (1, c.sft.seq_len)):  # a copy drill, then demonstrations
+        tokens, valid, mask = trainer.sft_batch(step)
+        assert tokens.shape == (c.sft.batch_size, length)
+        np.testing.assert_array_equal(tokens, trainer.sft_batch(step)[0])  # still a function of (seed, step)
+        text = " ".join(trainer.tokenizer.decode(t[v]) for t, v in zip(tokens, valid))
+        assert not set(re.findall(r"[A-Za-z]+", text)) & names
+        assert "<search>" in text and ("<information>" in text) == (step > 0)
+    tokens, valid, mask = trainer.sft_batch(0)
+    for t, v, m in zip(tokens, valid, mask):  # the loss is on the turn, which names the question's subject
+        question = trainer.tokenizer.decode(t[v & (m == 0)])
+        turn = trainer.tokenizer.decode(t[m > 0])
+        assert question.startswith("Question: ") and turn.startswith("<think>") and turn.endswith("</search>")
+        subject = [w for w in re.findall(r"[A-Z][a-z]+", turn) if w in question and w != "I"]
+        assert subject, (question, turn)
 
 
 def _trajs(statuses, group_ids):
@@ -190,7 +200,8 @@ def test_retrieval_errors_get_no_loss_weight_and_stay_out_of_the_statistics(mode
     reward = np.asarray([1.0, 5.0, 0.0, 0.5, -5.0, 0.0], np.float32)
     keep = np.asarray([s != T.RETRIEVAL_ERROR for s in statuses])
     # A stand-in for the Trainer: step_batch reads the config and, for PPO, the critic (here V = 0).
-    stub = types.SimpleNamespace(config=c, local_params=lambda: None,
+    stub = types.SimpleNamespace(config=c, local_params=lambda: None, recompute_old=False,
+                                 mesh=types.SimpleNamespace(shape={"data": 1, "fsdp": 1}),
                                  _values=lambda params, tokens, valid: np.zeros(tokens.shape, np.float32))
     sb = Trainer.step_batch(stub, _trajs(statuses, groups), reward)
     assert stub.step_batch_metrics == {"train/retrieval_error_rows": 2.0}
@@ -319,5 +330,25 @@ def test_ppo_with_a_critic_trains_the_value_head(compile_cache, tmp_path):
     assert math.isfinite(float(metrics["train/loss"])) and "train/vf_loss" in metrics
     assert float(metrics["train/skipped"]) == 0.0
     assert not np.allclose(np.asarray(state.params["value_head"]["w"]), before)
+    trainer.ckpt.close()
+    trainer.writer.close()
+
+
+@pytest.mark.slow  # its own compiles, in bfloat16: ~30 s on 2 CPU cores
+def test_recomputed_old_logprobs_start_the_ratio_at_one_under_bfloat16(compile_cache, tmp_path):
+    """bf16 decoding through the KV cache and the bf16 full forward of training disagree: with
+    rl.recompute_old_logprobs ('auto' is on for bf16) pi_old is the training program's, and the ratio starts at 1."""
+    c = tiny_config("sft_steps=0,steps=1")
+    c.model.dtype = "bfloat16"
+    c.rollout.temperature = 1.0
+    trainer = Trainer(c, str(tmp_path), devices=one_device())
+    assert trainer.recompute_old
+    batch = next(trainer.iterator)
+    trajs, _, _ = trainer.rollout_and_score(trainer.local_params(), batch, jax.random.key(0))
+    reward = np.linspace(-1.0, 1.0, len(trajs)).astype(np.float32)
+    sb = trainer.step_batch(trajs, reward)
+    _, metrics = trainer.train_step(trainer.state, sb)
+    assert float(metrics["train/ratio_deviation_at_start"]) > 1e-4  # the sampler's pi_old was off
+    assert float(metrics["train/ratio"]) == 1.0 and float(metrics["train/clip_frac"]) == 0.0
     trainer.ckpt.close()
     trainer.writer.close()

@@ -54,6 +54,11 @@ class Demo:
             response=tuple(Segment(rename(s.text), s.generated) for s in self.response),
             answer=None if self.answer is None else rename(self.answer))
 
+    def copy_drill_segments(self) -> list[Segment]:
+        """The question (the prompt's last line) and the first model turn, which names the question's subject twice:
+        a short sequence whose only hard tokens are copies, for the warm start's first steps (`sft.copy_steps`)."""
+        return [Segment(f"Question: {self.example.question}\n", False), self.response[0]]
+
     def sft_segments(self) -> list[Segment]:
         """Prompt (loss off) followed by the response segments."""
         return [Segment(self.prompt, False), *self.response]

@@ -94,8 +94,13 @@ def _apply(state: TrainState, optimizer, loss, grads, metrics):
 
 
 def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, optimizer, num_micro: int = 1,
-                    use_critic: bool = False, temperature: float = 1.0):
-    """Builds the jittable `train_step(state, batch) -> (state, metrics)` for GRPO (default) or PPO."""
+                    use_critic: bool = False, temperature: float = 1.0, recompute_old: bool = False):
+    """Builds the jittable `train_step(state, batch) -> (state, metrics)` for GRPO (default) or PPO.
+
+    `recompute_old`: pi_old is this program's own log-probs of the batch (stop-gradient), not the sampler's. The
+    step makes one update from one set of parameters (every micro-batch sees them), so that is exactly verl's
+    recomputed pi_old at no extra forward, and the ratio starts at 1 whatever the sampler's precision. Either way
+    `train/ratio_deviation_at_start` logs mean |pi / pi_sampler - 1| over the loss tokens before the update."""
     losses.check_loss_config(loss_cfg)
     use_kl = loss_cfg.kl_coef > 0
 
@@ -106,7 +111,12 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         ref_lp = None
         if use_kl:
             ref_lp = jax.lax.stop_gradient(sequence_logprobs(cfg, ref_params, tokens, valid, temperature)[0])
+        live = mask > 0
+        gap = jnp.abs(jnp.exp(jnp.clip(jnp.where(live, logp - old_lp, 0.0), -20.0, 20.0)) - 1.0)
+        if recompute_old:
+            old_lp = jax.lax.stop_gradient(logp)
         loss_sum, _, metrics = losses.policy_loss(logp, old_lp, ref_lp, adv, mask, loss_cfg, entropy=ent)
+        metrics["ratio_deviation_at_start"] = jnp.sum(jnp.where(live, gap, 0.0)) / jnp.maximum(jnp.sum(mask), 1e-8)
         return loss_sum, metrics, hidden
 
     def loss_fn(params, mb: StepBatch, ref_params, denom, tok_denom, meta_denom):

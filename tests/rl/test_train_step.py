@@ -261,3 +261,19 @@ def test_chunked_logprobs_entropy_and_train_step_equal_the_unchunked_ones():
     for k in ("train/loss", "train/entropy", "train/kl"):
         np.testing.assert_allclose(float(grads["chunked"][1][k]), float(grads["one"][1][k]), rtol=1e-5)
     assert float(grads["one"][1]["train/entropy"]) > 0
+
+
+def test_recompute_old_takes_pi_old_from_the_step_itself():
+    """recompute_old: the ratio is exactly 1 (pi_old = this program's log-probs), and the gap to the batch's
+    sampler log-probs is logged; without it the batch's pi_old is used."""
+    b = _batch()
+    opt = optax.sgd(1.0)
+    state = state_lib.init_state(decoder.init_params(CFG, jax.random.key(0), std=0.1), opt, jax.random.key(1),
+                                 with_reference=True)
+    _, on = jax.jit(make_train_step(CFG, default_loss_config(), opt, num_micro=2, recompute_old=True))(state, b)
+    _, off = jax.jit(make_train_step(CFG, default_loss_config(), opt, num_micro=2))(state, b)
+    assert float(on["train/ratio"]) == 1.0 and float(on["train/clip_frac"]) == 0.0
+    assert float(off["train/ratio"]) != 1.0
+    np.testing.assert_allclose(float(on["train/ratio_deviation_at_start"]),
+                               float(off["train/ratio_deviation_at_start"]), rtol=1e-6)
+    assert float(on["train/ratio_deviation_at_start"]) > 0.1  # the batch's pi_old is random here
