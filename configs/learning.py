@@ -22,7 +22,7 @@ from configs.common import apply_variant, base_config, parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, quick=False, steps=40, seeds="0+1", arms="search_r1+search_r2", sft_steps=1200,
+    a = parse_arg(arg, quick=False, steps=40, seeds="0+1", arms="search_r1+search_r2", sft_steps=1400,
                   test_examples=500)
     c = base_config()
     c.seed = 0  # the warm start's; each RL arm runs with its own seed
@@ -45,7 +45,7 @@ def get_config(arg=None):
     c.reward.judge = "oracle"  # the world knows which passages are gold
     c.sft.update(dict(steps=a.sft_steps, batch_size=16, seq_len=768, flawed_fraction=0.15, refiner_fraction=0.1,
                       fresh_names=True,  # copy names, never memorise them: held-out names are new
-                      copy_steps=400))  # short copy drills first: the copying heads form within them
+                      copy_steps=600, copy_batch_size=32))  # short copy drills first: copying heads form there
     c.sft.optim.learning_rate = 3e-3
     c.rl.group_size = 5
     c.rl.loss.loss_agg = "token-mean"

@@ -75,6 +75,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                           f"(each host rolls out prompts_per_step / process_count prompts)")
     if config.sft.steps > 0 and config.sft.batch_size % procs:
         raise ConfigError(f"sft.batch_size={config.sft.batch_size} does not split over the {procs} processes")
+    if config.sft.copy_steps > 0 and config.sft.copy_batch_size % procs:
+        raise ConfigError(f"sft.copy_batch_size={config.sft.copy_batch_size} does not split over the {procs} "
+                          "processes")
     rows = tr.prompts_per_step * rl.group_size
     if rows % tr.micro_batches:
         raise ConfigError(f"train.micro_batches={tr.micro_batches} does not divide the {rows} rollout rows "
@@ -271,7 +274,7 @@ class Trainer:
         procs = jax.process_count()
         rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
         examples = self.train_examples
-        L, rows = (COPY_DRILL_LEN if drill else c.seq_len), c.batch_size // procs
+        L, rows = (COPY_DRILL_LEN, c.copy_batch_size // procs) if drill else (c.seq_len, c.batch_size // procs)
         idx = rng.choice(len(examples), size=rows, replace=False)
         demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
                                         flawed_fraction=0.0 if drill else c.flawed_fraction)

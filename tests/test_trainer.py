@@ -162,7 +162,7 @@ def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(comp
     names = trainer.world.name_words()
     for step, length in ((0, COPY_DRILL_LEN), (1, c.sft.seq_len)):  # a copy drill, then demonstrations
         tokens, valid, mask = trainer.sft_batch(step)
-        assert tokens.shape == (c.sft.batch_size, length)
+        assert tokens.shape == ((c.sft.copy_batch_size, length) if step == 0 else (c.sft.batch_size, length))
         np.testing.assert_array_equal(tokens, trainer.sft_batch(step)[0])  # still a function of (seed, step)
         text = " ".join(trainer.tokenizer.decode(t[v]) for t, v in zip(tokens, valid))
         assert not set(re.findall(r"[A-Za-z]+", text)) & names
