@@ -1,7 +1,8 @@
 """The learning experiment: does RL lift EM over a shared warm start, and does Search-R2 beat Search-R1?
 
 On the synthetic world split by region (held-out questions can only be answered by searching), one warm start (a
-small from-scratch model tuned on demonstrations, cached by a hash of its settings) is shared by every arm; then
+small from-scratch model: copy drills, then demonstrations under fresh names; cached by a hash of its settings) is
+shared by every arm; then
 the baselines and the RL arms, each evaluated greedily, Actor only, on the held-out test questions:
 
   direct       the warm start answers at once (its response is forced to open with <answer>)
@@ -71,7 +72,7 @@ def get_config(arg=None):
         c.model.init = dict(c.model.init, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1,
                             head_dim=16)
         c.rollout.update(dict(slots=8, max_response_tokens=256, max_obs_tokens=96))
-        c.sft.update(dict(steps=4, batch_size=4, seq_len=384))
+        c.sft.update(dict(steps=4, batch_size=4, seq_len=384, copy_steps=2, copy_batch_size=4))
         c.rl.group_size = 2
         c.train.update(dict(steps=2, prompts_per_step=2, micro_batches=1, eval_every=1, ckpt_every=1,
                             diagnostics_every=2, diagnostics_prompts=4))
