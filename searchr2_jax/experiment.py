@@ -295,7 +295,7 @@ def _curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     if not pts:
         return np.zeros(0), np.zeros(0)
     x, y = np.asarray(pts, np.float64).T
-    return x - x.min() + (1 if key != "eval/em" else 0), y
+    return x, y  # an arm runs with sft.steps = 0, so its step is the RL step
 
 
 def plot_curves(out_dir: str, arms: Sequence[str], seeds: Sequence[int], path: str) -> None:
