@@ -55,9 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl = ml_collections.ConfigDict(dict(
         algo="grpo", group_size=5, normalize_std=True, train_meta_actions=True, rejection_sampling=False,
         gamma=1.0, lam=1.0,  # PPO's GAE (Search-R1 uses 1 and 1)
-        # pi_old for the PPO ratio: "on" recomputes the sampled tokens' log-probs with a full forward of the
-        # training program before the update (verl's default), "off" keeps the sampler's; "auto" is on unless the
-        # model runs in float32, where the cached decode and the full forward agree.
+        # pi_old for the PPO ratio: "on" takes the train step's own (stop-gradient) log-probs of the sampled tokens,
+        # which is verl's recomputed pi_old for one update per batch; "off" keeps the sampler's; "auto" is on unless
+        # the model runs in float32, where the cached decode and the full forward agree.
         recompute_old_logprobs="auto",
         loss=default_loss_config()))
     c.optim = default_optim_config()

@@ -40,8 +40,9 @@ DEVIATIONS = (
     "The warm start is supervised on scripted demonstrations, and on refiner labels (the first flawed step of "
     "scripted flawed demonstrations, 0 for sound ones); the paper starts RL from the backbone with no refiner "
     "supervision. Its first steps are copy drills, and every demonstration's names are respelled as fresh ones "
-    "(sft.copy_steps, sft.fresh_names): a from-scratch model has to learn to copy what a pretrained one can. Every arm shares this warm start, so the refiner labels reach the search_r1 arm's weights too, "
-    "where they are never used.",
+    "(sft.copy_steps, sft.fresh_names): a from-scratch model has to learn to copy what a pretrained one can. "
+    "Every arm shares this warm start, so the refiner labels reach the search_r1 arm's weights too, where they "
+    "are never used.",
     "A 2-layer from-scratch model on a synthetic world, not Qwen2.5 on Wikipedia: the figures test the training "
     "loop, not the paper's numbers.",
 )

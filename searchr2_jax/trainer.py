@@ -271,6 +271,7 @@ class Trainer:
         if self._demo_writer is None:
             self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk,
                                                      retriever=self.train_retriever)
+            self._name_words = self.world.name_words()
         procs = jax.process_count()
         rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
         examples = self.train_examples
@@ -279,8 +280,8 @@ class Trainer:
         demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
                                         flawed_fraction=0.0 if drill else c.flawed_fraction)
         if c.fresh_names or drill:
-            names = self.world.name_words()
-            demos = [d.renamed(synthetic.Renamer(names, random.Random(int(rng.integers(2**31))))) for d in demos]
+            demos = [d.renamed(synthetic.Renamer(self._name_words, random.Random(int(rng.integers(2**31)))))
+                     for d in demos]
         tokens = np.zeros((rows, L), np.int32)
         mask = np.zeros((rows, L), np.float32)
         valid = np.zeros((rows, L), bool)
@@ -348,7 +349,6 @@ class Trainer:
         loss_mask, meta_mask = (np.asarray(x) for x in adv_lib.drop_rows(keep, b.loss_mask, b.meta_mask,
                                                                          b.meta_index))
         valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]
-        mvalid = np.arange(b.meta_tokens.shape[1])[None, :] < b.meta_lengths[:, None]
         zeros = np.zeros(b.tokens.shape, np.float32)
         old_values, returns = zeros, zeros
         if ppo and not c.rl.rejection_sampling:
@@ -368,6 +368,7 @@ class Trainer:
             adv_tok = seq_adv[:, None] * (loss_mask > 0)
         train_meta = c.refiner.enabled and c.rl.train_meta_actions
         meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * meta_mask
+        mvalid = np.arange(b.meta_tokens.shape[1])[None, :] < b.meta_lengths[:, None]
         return StepBatch(b.tokens, valid, loss_mask, b.logprobs, adv_tok.astype(np.float32),
                          returns.astype(np.float32), old_values, b.meta_tokens, mvalid,
                          (meta_mask * train_meta).astype(np.float32), b.meta_logprobs, meta_adv.astype(np.float32))
