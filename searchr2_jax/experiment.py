@@ -211,6 +211,47 @@ def refiner_quality(trainer, params, examples, seed: int = 0, flawed_fraction: f
             "refiner_flawed_share": float(flawed.mean())}
 
 
+def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) -> dict:
+    """What GRPO can learn from, on dev (never test): the warm start's greedy EM, and its sampled groups (the RL
+    arms' `rl.group_size` at `rollout.temperature`) on the questions greedy gets right and on those it gets wrong.
+
+    Greedy EM moves only where greedy fails and a group holds a success: `headroom_pass_at_group` is the share of
+    greedy failures with one, and `headroom_sampled_em_on_failures` how often a sample succeeds there. Failures the
+    group also fails give no advantage; successes on questions greedy already answers only sharpen sampling."""
+    from searchr2_jax.eval import evaluate as eval_lib
+    from searchr2_jax.trainer import Trainer
+
+    path = os.path.join(out_dir, "headroom.json")
+    if os.path.exists(path):
+        return _read_json(path)
+    trainer = Trainer(_eval_config(config, warm_dir), os.path.join(out_dir, "headroom_eval"))
+    dev = trainer.world.splits[config.data.eval_split][: config.data.eval_examples]
+    params, n = trainer.state.params, config.rl.group_size
+    greedy = np.asarray([r["em"] for r in eval_lib.records(trainer.eval_engine, params, dev,
+                                                           jax.random.fold_in(trainer.eval_rng, 0))])
+    sampled = []
+    for i in range(0, len(dev), config.experiment.eval_batch_size):
+        chunk = dev[i: i + config.experiment.eval_batch_size]
+        jobs = eval_lib.make_jobs(chunk, trainer.tokenizer, config.model.chat, n,
+                                  [j // n for j in range(n * len(chunk))])
+        run = trainer.eval_engine.run(params, jobs, jax.random.fold_in(trainer.eval_rng, 1 + i), use_refiner=False)
+        sampled.append(eval_lib.score(run.trajectories)[0].reshape(len(chunk), n))
+    sampled = np.concatenate(sampled)
+    fail = greedy < 1
+    out = {"headroom_dev_questions": len(dev), "headroom_group_size": n,
+           "headroom_temperature": float(config.rollout.temperature),
+           "headroom_greedy_em": float(greedy.mean()), "headroom_sampled_em": float(sampled.mean()),
+           "headroom_pass_at_group": float((sampled[fail].max(axis=1) > 0).mean()) if fail.any() else 0.0,
+           "headroom_sampled_em_on_failures": float(sampled[fail].mean()) if fail.any() else 0.0,
+           "headroom_sampled_em_on_successes": float(sampled[~fail].mean()) if (~fail).any() else 0.0}
+    trainer.ckpt.close()
+    trainer.writer.close()
+    del trainer
+    jax.clear_caches()
+    _write_json(path, out)
+    return out
+
+
 def run_baselines(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) -> dict:
     """The warm start as an agent, and the baselines, on the test questions; with the refiner's quality on dev."""
     from searchr2_jax.eval import evaluate as eval_lib
@@ -374,7 +415,7 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
         if arm not in RL_ARMS:
             raise ConfigError(f"experiment.arms: {arm!r} is not one of {RL_ARMS}")
     os.makedirs(out_dir, exist_ok=True)
-    units = 2 + len(e.arms) * len(e.seeds)
+    units = 3 + len(e.arms) * len(e.seeds)
     bar = tqdm(total=units, desc="experiment", dynamic_ncols=True, position=0)
     t_start = time.time()
 
@@ -383,6 +424,9 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
     bar.update(1)
     bar.set_postfix_str("baselines")
     base = run_baselines(config, out_dir, warm_dir)
+    bar.update(1)
+    bar.set_postfix_str("RL headroom on dev")
+    headroom = rl_headroom(config, out_dir, warm_dir)
     bar.update(1)
     arms = {}
     for arm in e.arms:
@@ -399,6 +443,7 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
     s["warm_start_wall_s"] = warm_s + base["wall_s"]["warm_start"]
     s["warm_start_sft_steps"] = int(config.sft.steps)
     s.update(base.get("refiner_quality", {}))
+    s.update(headroom)
     for arm, results in arms.items():
         s.update(arm_figures(arm, [r["records"] for r in results], n_boot, {
             f"{arm}_wall_s": float(np.mean([r["train_wall_s"] + r["eval_wall_s"] for r in results])),

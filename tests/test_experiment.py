@@ -77,6 +77,10 @@ def test_quick_experiment_writes_its_outputs_and_resumes_an_interrupted_arm(tmp_
         k.split("/", 1)[1] for k in s["search_r2_diagnostics"]}
     assert "search_r1_diagnostics" not in s  # no refiner in that arm's rollouts
     assert 0 <= s["refiner_precision"] <= 1 and 0 <= s["refiner_recall"] <= 1
+    assert s["headroom_dev_questions"] == 8 and s["headroom_group_size"] == 2
+    for k in ("greedy_em", "sampled_em", "pass_at_group", "sampled_em_on_failures", "sampled_em_on_successes"):
+        assert 0.0 <= s[f"headroom_{k}"] <= 1.0
+    assert s["headroom_sampled_em_on_failures"] <= s["headroom_pass_at_group"]
     assert set(s["goals"]) == {"rl_works", "search_beats_direct_3x", "search_beats_rag_multihop",
                                "search_r2_vs_r1_1p10"}
     assert s["settings"]["seeds"] == [0, 1] and s["deviations"]
@@ -86,7 +90,8 @@ def test_quick_experiment_writes_its_outputs_and_resumes_an_interrupted_arm(tmp_
     # Interrupt the last arm after its first RL step: drop its result and its final checkpoint.
     arm = out / "arms" / "search_r2" / "seed1"
     before = json.loads((arm / "test.json").read_text())["records"]
-    untouched = {p: p.stat().st_mtime_ns for p in (out / "baselines.json", out / "arms/search_r1/seed0/test.json")}
+    untouched = {p: p.stat().st_mtime_ns for p in (out / "baselines.json", out / "headroom.json",
+                                                   out / "arms/search_r1/seed0/test.json")}
     (arm / "test.json").unlink()
     shutil.rmtree(arm / "checkpoints" / "2")
     assert (arm / "checkpoints" / "1").exists()

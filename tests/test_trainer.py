@@ -176,6 +176,25 @@ def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(comp
         assert subject, (question, turn)
 
 
+def test_a_guessing_demonstrator_teaches_the_actor_its_guesses(compile_cache, tmp_path):
+    c = tiny_config()
+    c.sft.update(dict(guess_fraction=1.0, flawed_fraction=0.0, refiner_fraction=0.0))
+    trainer = Trainer(c, str(tmp_path), devices=one_device())
+    guesses = answers = 0
+    for step in range(4):
+        tokens, valid, mask = trainer.sft_batch(step)
+        for t, v, m in zip(tokens, valid, mask):
+            prompt = trainer.tokenizer.decode(t[v & (m == 0)][:64])
+            assert "ASSISTANT_STEP_" not in prompt  # Actor rows, not refiner examples
+            text = trainer.tokenizer.decode(t[m > 0])
+            answers += "<answer>" in text  # rows cut at sft.seq_len may end before the answer
+            guesses += "I think the answer is" in text
+    # A guess that happens to be right is replaced by the sound demo.
+    assert answers > 0 and guesses > answers // 2
+    c.sft.guess_fraction = 1.5
+    _expect(c, "sft.guess_fraction")
+
+
 def _trajs(statuses, group_ids):
     """Trajectories of different lengths, one meta-action each (the step batch needs no rollout)."""
     out = []

@@ -38,6 +38,7 @@ class Demo:
     answer: str | None
     flaw: str | None = None
     flawed_step: int = 0  # 1-based assistant step of the first flaw; 0 when sound
+    guessed: bool = False  # the demonstrator's own guess (`demos(guess_fraction=)`): the Actor imitates it
 
     @property
     def steps(self) -> list[Step]:
@@ -176,8 +177,12 @@ class DemoWriter:
         return list(range(hops))
 
     def demos(self, examples: Sequence[QAExample], seed: int = 0, flawed_fraction: float = 0.5,
-              max_steps: int | None = None) -> list[Demo]:
+              max_steps: int | None = None, guess_fraction: float = 0.0) -> list[Demo]:
         """One demo per example: sound, or (with probability `flawed_fraction`) one random flaw where it fits.
+
+        `guess_fraction`: first, with this probability, the demo guesses at its last hop instead of searching for
+        it (a "premature" flaw at hop `hops - 1`; for one hop, an answer without any search), as a model answering
+        from memory would. A demonstrator that does so often leaves RL a choice to learn: search on, or guess.
 
         A flawed demo that still reaches the gold answer by chance (lookalike/premature) is replaced by the sound
         one, so every flawed label matches a real mistake. `max_steps` drops flaws that would make more steps.
@@ -186,7 +191,11 @@ class DemoWriter:
         out = []
         for ex in examples:
             demo = None
-            if rng.random() < flawed_fraction:
+            if guess_fraction > 0 and rng.random() < guess_fraction:
+                demo = dataclasses.replace(self.demo(ex, "premature", ex.metadata["hops"] - 1, rng), guessed=True)
+                if demo.answer in ex.golden_answers:
+                    demo = None
+            elif rng.random() < flawed_fraction:
                 flaw = rng.choice(FLAWS)
                 spots = self.flaw_positions(ex, flaw)
                 if flaw == "repeat" and max_steps is not None:

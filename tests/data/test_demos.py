@@ -94,6 +94,25 @@ def test_demo_mix_and_refiner_examples(world, writer):
     assert writer.demos(world.questions[:50], seed=3) == writer.demos(world.questions[:50], seed=3)
 
 
+def test_a_guessing_demonstrator_guesses_at_the_last_hop(world, writer):
+    questions = world.questions[:300]
+    demos = writer.demos(questions, seed=2, flawed_fraction=0.0, guess_fraction=0.5)
+    guessed = [d for d in demos if d.guessed]
+    assert 0.35 < len(guessed) / len(demos) < 0.6  # a guess that happens to be right is replaced by the sound demo
+    for d in demos:
+        turns = _replay(d)
+        hops = d.example.metadata["hops"]
+        if d.guessed:
+            # every hop searched but the last, then a wrong answer; labelled for the refiner at the guess
+            assert [t.status for t in turns] == ["search"] * (hops - 1) + ["answer"]
+            assert d.flaw == "premature" and d.flawed_step == hops
+            assert turns[-1].answer not in d.example.golden_answers
+        else:
+            assert d.flawed_step == 0 and turns[-1].answer in d.example.golden_answers
+    # guess_fraction=0 draws nothing extra: the oracle demonstrator's stream is unchanged
+    assert writer.demos(questions[:50], seed=3, guess_fraction=0.0) == writer.demos(questions[:50], seed=3)
+
+
 def test_demos_with_a_retriever_and_chat_template(world):
     class EchoRetriever:
         def __init__(self):
