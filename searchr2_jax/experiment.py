@@ -224,6 +224,7 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
     path = os.path.join(out_dir, "headroom.json")
     if os.path.exists(path):
         return _read_json(path)
+    t0 = time.time()
     trainer = Trainer(_eval_config(config, warm_dir), os.path.join(out_dir, "headroom_eval"))
     dev = trainer.world.splits[config.data.eval_split][: config.data.eval_examples]
     params, n = trainer.state.params, config.rl.group_size
@@ -243,7 +244,8 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
            "headroom_greedy_em": float(greedy.mean()), "headroom_sampled_em": float(sampled.mean()),
            "headroom_pass_at_group": float((sampled[fail].max(axis=1) > 0).mean()) if fail.any() else 0.0,
            "headroom_sampled_em_on_failures": float(sampled[fail].mean()) if fail.any() else 0.0,
-           "headroom_sampled_em_on_successes": float(sampled[~fail].mean()) if (~fail).any() else 0.0}
+           "headroom_sampled_em_on_successes": float(sampled[~fail].mean()) if (~fail).any() else 0.0,
+           "headroom_wall_s": time.time() - t0}
     trainer.ckpt.close()
     trainer.writer.close()
     del trainer
@@ -328,51 +330,18 @@ def run_arm(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str, arm:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def _curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    if key == "response_tokens":
-        pts = [(r["step"], r["rollout/tokens_generated"] / max(r["rollout/trajectories"], 1)) for r in rows
-               if "rollout/tokens_generated" in r]
-    else:
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-    if not pts:
-        return np.zeros(0), np.zeros(0)
-    x, y = np.asarray(pts, np.float64).T
-    return x, y  # an arm runs with sft.steps = 0, so its step is the RL step
-
-
 def plot_curves(out_dir: str, arms: Sequence[str], seeds: Sequence[int], path: str) -> None:
-    """One panel per CURVES entry: a line per arm (mean over seeds) with a band from the seeds' min to max."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One panel per CURVES entry: a line per arm (mean over seeds) with a band from the seeds' min to max. An arm
+    runs with sft.steps = 0, so its step is the RL step."""
     from searchr2_jax.metrics import read_jsonl
+    from searchr2_jax.plots import plot_groups
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    groups = {}
     for arm in arms:
-        runs = []
-        for s in seeds:
-            f = os.path.join(out_dir, "arms", arm, f"seed{s}", "metrics.jsonl")
-            if os.path.exists(f):
-                runs.append(read_jsonl(f))
-        for ax, (key, label) in zip(axes.flat, CURVES):
-            curves = [_curve(rows, key) for rows in runs]
-            curves = [c for c in curves if len(c[0])]
-            if not curves:
-                continue
-            n = min(len(c[0]) for c in curves)
-            x = curves[0][0][:n]
-            ys = np.stack([c[1][:n] for c in curves])
-            (line,) = ax.plot(x, ys.mean(axis=0), label=arm)
-            ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.2)
-            ax.set_title(label)
-            ax.set_xlabel("RL step")
-    axes.flat[0].legend()
-    fig.suptitle(f"learning curves: mean over seeds {list(seeds)}, band = min..max")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        files = [os.path.join(out_dir, "arms", arm, f"seed{s}", "metrics.jsonl") for s in seeds]
+        groups[arm] = [read_jsonl(f) for f in files if os.path.exists(f)]
+    plot_groups(groups, CURVES, path, title=f"learning curves: mean over seeds {list(seeds)}, band = min..max",
+                xlabel="RL step")
 
 
 def format_table(s: dict, names: Sequence[str]) -> str:
@@ -456,7 +425,10 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
     s["goals"] = goals(s)
     s["settings"] = settings(config, warm_dir)
     s["deviations"] = list(DEVIATIONS)
-    s["wall_s"] = time.time() - t_start
+    # The units' own times, so that a run continued over several invocations still reports its whole cost.
+    s["wall_s"] = (warm_s + sum(base["wall_s"].values()) + headroom.get("headroom_wall_s", 0.0)
+                   + sum(r["train_wall_s"] + r["eval_wall_s"] for results in arms.values() for r in results))
+    s["wall_s_this_invocation"] = time.time() - t_start
     names = ["majority", *[b for b in e.baselines if b != "majority"], "warm_start", *e.arms]
     table = format_table(s, names)
     with open(os.path.join(out_dir, "table.md"), "w") as f:

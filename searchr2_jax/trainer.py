@@ -148,6 +148,9 @@ class Trainer:
         validate_config(config, num_devices=len(devices))
         self.config, self.workdir = config, workdir
         os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:  # what produced this workdir's metrics (launch/plot.py labels runs by it)
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=1, sort_keys=True))
         rng = jax.random.key(config.seed)
         self.data_rng, init_rng, state_rng = jax.random.split(rng, 3)
         # Rollout keys are fold_in(data_rng, step) for steps < 2**32 - 1; eval keys branch off the last one.
