@@ -330,16 +330,19 @@ def run_arm(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str, arm:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def plot_curves(out_dir: str, arms: Sequence[str], seeds: Sequence[int], path: str) -> None:
+def plot_curves(out_dir: str, arms: Sequence[str], seeds: Sequence[int], path: str,
+                warm_dev_em: float | None = None) -> None:
     """One panel per CURVES entry: a line per arm (mean over seeds) with a band from the seeds' min to max. An arm
-    runs with sft.steps = 0, so its step is the RL step."""
+    runs with sft.steps = 0, so its step is the RL step; `warm_dev_em` (the warm start's greedy EM on the same dev
+    questions) is the dev-EM curve's step 0."""
     from searchr2_jax.metrics import read_jsonl
     from searchr2_jax.plots import plot_groups
 
+    start = [] if warm_dev_em is None else [{"step": 0, "eval/em": warm_dev_em}]
     groups = {}
     for arm in arms:
         files = [os.path.join(out_dir, "arms", arm, f"seed{s}", "metrics.jsonl") for s in seeds]
-        groups[arm] = [read_jsonl(f) for f in files if os.path.exists(f)]
+        groups[arm] = [start + read_jsonl(f) for f in files if os.path.exists(f)]
     plot_groups(groups, CURVES, path, title=f"learning curves: mean over seeds {list(seeds)}, band = min..max",
                 xlabel="RL step")
 
@@ -437,7 +440,7 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
         f.write(table + "\n\n")
         for name, g in s["goals"].items():
             f.write(f"- {name}: {g['value']:.3f} against {g['target']:.3f}: {'met' if g['met'] else 'NOT met'}\n")
-    plot_curves(out_dir, e.arms, e.seeds, os.path.join(out_dir, "curves.png"))
+    plot_curves(out_dir, e.arms, e.seeds, os.path.join(out_dir, "curves.png"), headroom.get("headroom_greedy_em"))
     _write_json(os.path.join(out_dir, "summary.json"), s)
     logging.info("experiment done in %.0f s\n%s", s["wall_s"], table)
     return s
