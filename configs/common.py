@@ -66,11 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
     # copy_steps: the first SFT steps train on copy_batch_size copy drills instead (a question and its first turn
     # under fresh names, short rows): a small model forms its copying (induction) heads within a few hundred such
     # short steps, while whole demonstrations, whose copied tokens are a minority, can take thousands.
-    # guess_fraction: the share of Actor demonstrations that guess at their last hop instead of searching for it
-    # (data/demos.DemoWriter.demos), as a model answering from memory would; 0 = an oracle demonstrator.
+    # stop_early_fraction: the share of multi-hop Actor demonstrations that stop one hop short and answer with the
+    # bridge entity their last search found (data/demos.DemoWriter.demos); 0 = an oracle demonstrator.
     c.sft = ml_collections.ConfigDict(dict(steps=0, batch_size=16, seq_len=512, flawed_fraction=0.4,
                                            refiner_fraction=0.2, fresh_names=False, copy_steps=0, copy_batch_size=32,
-                                           guess_fraction=0.0, optim=default_optim_config()))
+                                           stop_early_fraction=0.0, optim=default_optim_config()))
     c.sft.optim.learning_rate = 1e-3
     c.sft.optim.warmup_ratio = 0.05
     c.sft.optim.schedule = "cosine"

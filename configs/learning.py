@@ -16,7 +16,8 @@ the baselines and the RL arms, each evaluated greedily, Actor only, on the held-
   python launch/experiment.py --config=configs/learning.py:quick=1 --out=/tmp/learning_quick   # ~2 min
 
 Switches: quick, steps (RL steps per arm), seeds (RL seeds, e.g. 0+1), arms (e.g. search_r1+search_r2+ppo),
-sft_steps, test_examples, guess (sft.guess_fraction: the demonstrator's share of guesses at the last hop).
+sft_steps, test_examples, stop_early (sft.stop_early_fraction: the demonstrator's share of multi-hop answers one hop
+short, with the bridge entity).
 """
 
 from configs.common import apply_variant, base_config, parse_arg
@@ -24,7 +25,7 @@ from configs.common import apply_variant, base_config, parse_arg
 
 def get_config(arg=None):
     a = parse_arg(arg, quick=False, steps=40, seeds="0+1", arms="search_r1+search_r2", sft_steps=1400,
-                  test_examples=500, guess=0.0)
+                  test_examples=500, stop_early=0.0)
     c = base_config()
     c.seed = 0  # the warm start's; each RL arm runs with its own seed
     c.data.world = dict(seed=0)  # the default world: ~2k entities in three regions, 10k questions
@@ -47,7 +48,7 @@ def get_config(arg=None):
     c.sft.update(dict(steps=a.sft_steps, batch_size=16, seq_len=768, flawed_fraction=0.15, refiner_fraction=0.1,
                       fresh_names=True,  # copy names, never memorise them: held-out names are new
                       copy_steps=600, copy_batch_size=32,  # short copy drills first: copying heads form there
-                      guess_fraction=a.guess))
+                      stop_early_fraction=a.stop_early))
     c.sft.optim.learning_rate = 3e-3
     c.rl.group_size = 5
     c.rl.loss.loss_agg = "token-mean"

@@ -90,7 +90,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             and "generate" not in config.reward.judge_kwargs and not config.reward.judge_model):
         raise ConfigError("reward.judge='llm' needs reward.judge_model (an HF folder of the judge LM, or 'smollm2') "
                           "or reward.judge_kwargs.generate (a callable)")
-    for name in ("flawed_fraction", "refiner_fraction", "guess_fraction"):
+    for name in ("flawed_fraction", "refiner_fraction", "stop_early_fraction"):
         if not 0.0 <= config.sft[name] <= 1.0:
             raise ConfigError(f"sft.{name}={config.sft[name]} must be in [0, 1]")
     if tr.steps < 0 or config.sft.steps < 0:
@@ -285,7 +285,7 @@ class Trainer:
         idx = rng.choice(len(examples), size=rows, replace=False)
         demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
                                         flawed_fraction=0.0 if drill else c.flawed_fraction,
-                                        guess_fraction=0.0 if drill else c.guess_fraction)
+                                        stop_early_fraction=0.0 if drill else c.stop_early_fraction)
         if c.fresh_names or drill:
             demos = [d.renamed(synthetic.Renamer(self._name_words, random.Random(int(rng.integers(2**31)))))
                      for d in demos]
@@ -293,11 +293,11 @@ class Trainer:
         mask = np.zeros((rows, L), np.float32)
         valid = np.zeros((rows, L), bool)
         for r, d in enumerate(demos):
-            # Sound demos (and the demonstrator's guesses) teach the Actor; a share of them and every other flawed
+            # Sound demos (and the demonstrator's early answers) teach the Actor; a share of them and every other flawed
             # demo teach the refiner its label (the first flawed step, 0 when sound) under the rollout's prompt.
             if drill:
                 segs = d.copy_drill_segments()
-            elif (d.flawed_step == 0 or d.guessed) and rng.random() >= c.refiner_fraction:
+            elif (d.flawed_step == 0 or d.stopped_early) and rng.random() >= c.refiner_fraction:
                 segs = d.sft_segments()
             else:
                 segs = d.refiner_segments(prompt=self.config.refiner.prompt)

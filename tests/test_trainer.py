@@ -176,23 +176,27 @@ def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(comp
         assert subject, (question, turn)
 
 
-def test_a_guessing_demonstrator_teaches_the_actor_its_guesses(compile_cache, tmp_path):
+def test_a_demonstrator_that_stops_early_teaches_the_actor_its_early_answers(compile_cache, tmp_path):
     c = tiny_config()
-    c.sft.update(dict(guess_fraction=1.0, flawed_fraction=0.0, refiner_fraction=0.0))
+    c.sft.update(dict(stop_early_fraction=1.0, flawed_fraction=0.0, refiner_fraction=0.0, seq_len=768))
     trainer = Trainer(c, str(tmp_path), devices=one_device())
-    guesses = answers = 0
-    for step in range(4):
+    trainer.sft_batch(0)  # builds the demo writer
+    drawn = []
+    demos = trainer._demo_writer.demos
+    trainer._demo_writer.demos = lambda *a, **k: drawn.extend(demos(*a, **k)) or drawn[-len(a[0]):]
+    early = 0
+    for step in range(1, 4):
         tokens, valid, mask = trainer.sft_batch(step)
-        for t, v, m in zip(tokens, valid, mask):
-            prompt = trainer.tokenizer.decode(t[v & (m == 0)][:64])
-            assert "ASSISTANT_STEP_" not in prompt  # Actor rows, not refiner examples
+        for d, t, v, m in zip(drawn[-len(tokens):], tokens, valid, mask):
+            assert "ASSISTANT_STEP_" not in trainer.tokenizer.decode(t[v & (m == 0)][:64])  # Actor rows only
             text = trainer.tokenizer.decode(t[m > 0])
-            answers += "<answer>" in text  # rows cut at sft.seq_len may end before the answer
-            guesses += "I think the answer is" in text
-    # A guess that happens to be right is replaced by the sound demo.
-    assert answers > 0 and guesses > answers // 2
-    c.sft.guess_fraction = 1.5
-    _expect(c, "sft.guess_fraction")
+            hops = d.example.metadata["hops"]
+            if d.stopped_early and "<answer>" in text:  # rows cut at sft.seq_len may end before the answer
+                early += 1
+                assert text.count("<search>") == hops - 1 >= 1
+    assert early > 0
+    c.sft.stop_early_fraction = 1.5
+    _expect(c, "sft.stop_early_fraction")
 
 
 def _trajs(statuses, group_ids):

@@ -6,7 +6,8 @@ step (1-based assistant step; 0 = sound):
 - `lookalike`: searches a namesake of the entity it needs (shared first name, surname or company stem) and follows
   the wrong chain to a wrong answer;
 - `premature`: answers with a guess before it has searched enough;
-- `repeat`: repeats the previous search (a wasted turn), then finishes correctly.
+- `repeat`: repeats the previous search (a wasted turn), then finishes correctly;
+- `early` (only through `DemoWriter.demos(stop_early_fraction=)`): answers one hop short, with the bridge entity.
 Each demo is a list of `Segment`s whose `generated` flag says where the loss is on (model turns) or off (prompt,
 retrieved information), ready for `text.tokenizer.tokenize_segments`.
 """
@@ -38,7 +39,7 @@ class Demo:
     answer: str | None
     flaw: str | None = None
     flawed_step: int = 0  # 1-based assistant step of the first flaw; 0 when sound
-    guessed: bool = False  # the demonstrator's own guess (`demos(guess_fraction=)`): the Actor imitates it
+    stopped_early: bool = False  # the demonstrator's own early answer (`demos(stop_early_fraction=)`): imitated
 
     @property
     def steps(self) -> list[Step]:
@@ -124,6 +125,9 @@ class DemoWriter:
         for h, (rel, kw) in enumerate(zip(chain, keywords)):
             name = self.world.entity(node).name
             need = f"I need the {_REL_PHRASE[rel]} of {name}."
+            if flaw == "early" and h == at and h > 0:  # answers with what the previous hop found
+                segs.append(self._turn(fact.strip(), "answer", answer))
+                return self._finish(ex, segs, answer, flaw, len(_steps(segs)))
             if flaw == "premature" and h == at:
                 guess = self._wrong_guess(ex, rel, rng)
                 segs.append(self._turn(f"{fact}I think the answer is {guess}.".strip(), "answer", guess))
@@ -177,12 +181,13 @@ class DemoWriter:
         return list(range(hops))
 
     def demos(self, examples: Sequence[QAExample], seed: int = 0, flawed_fraction: float = 0.5,
-              max_steps: int | None = None, guess_fraction: float = 0.0) -> list[Demo]:
+              max_steps: int | None = None, stop_early_fraction: float = 0.0) -> list[Demo]:
         """One demo per example: sound, or (with probability `flawed_fraction`) one random flaw where it fits.
 
-        `guess_fraction`: first, with this probability, the demo guesses at its last hop instead of searching for
-        it (a "premature" flaw at hop `hops - 1`; for one hop, an answer without any search), as a model answering
-        from memory would. A demonstrator that does so often leaves RL a choice to learn: search on, or guess.
+        `stop_early_fraction`: first, with this probability, a multi-hop demo stops one hop short and answers with
+        what its last search found (the bridge entity: an "early" flaw at hop `hops - 1`), a common multi-hop
+        mistake. Every name in it is still copied from a passage. A demonstrator that does so often leaves RL a
+        choice to learn from the reward: search on, or answer.
 
         A flawed demo that still reaches the gold answer by chance (lookalike/premature) is replaced by the sound
         one, so every flawed label matches a real mistake. `max_steps` drops flaws that would make more steps.
@@ -191,8 +196,8 @@ class DemoWriter:
         out = []
         for ex in examples:
             demo = None
-            if guess_fraction > 0 and rng.random() < guess_fraction:
-                demo = dataclasses.replace(self.demo(ex, "premature", ex.metadata["hops"] - 1, rng), guessed=True)
+            if stop_early_fraction > 0 and ex.metadata["hops"] > 1 and rng.random() < stop_early_fraction:
+                demo = dataclasses.replace(self.demo(ex, "early", ex.metadata["hops"] - 1, rng), stopped_early=True)
                 if demo.answer in ex.golden_answers:
                     demo = None
             elif rng.random() < flawed_fraction:

@@ -94,23 +94,27 @@ def test_demo_mix_and_refiner_examples(world, writer):
     assert writer.demos(world.questions[:50], seed=3) == writer.demos(world.questions[:50], seed=3)
 
 
-def test_a_guessing_demonstrator_guesses_at_the_last_hop(world, writer):
+def test_a_demonstrator_that_stops_early_answers_with_the_bridge_entity(world, writer):
     questions = world.questions[:300]
-    demos = writer.demos(questions, seed=2, flawed_fraction=0.0, guess_fraction=0.5)
-    guessed = [d for d in demos if d.guessed]
-    assert 0.35 < len(guessed) / len(demos) < 0.6  # a guess that happens to be right is replaced by the sound demo
+    demos = writer.demos(questions, seed=2, flawed_fraction=0.0, stop_early_fraction=0.5)
+    multi = [d for d in demos if d.example.metadata["hops"] > 1]
+    early = [d for d in demos if d.stopped_early]
+    assert early and all(d.example.metadata["hops"] > 1 for d in early)
+    assert 0.35 < len(early) / len(multi) < 0.6
     for d in demos:
         turns = _replay(d)
         hops = d.example.metadata["hops"]
-        if d.guessed:
-            # every hop searched but the last, then a wrong answer; labelled for the refiner at the guess
+        if d.stopped_early:
+            # every hop searched but the last, then the last search's finding as the answer: a copied name
             assert [t.status for t in turns] == ["search"] * (hops - 1) + ["answer"]
-            assert d.flaw == "premature" and d.flawed_step == hops
+            assert d.flaw == "early" and d.flawed_step == hops
             assert turns[-1].answer not in d.example.golden_answers
+            last_info = [s.text for s in d.response if not s.generated][-1]
+            assert turns[-1].answer in last_info
         else:
             assert d.flawed_step == 0 and turns[-1].answer in d.example.golden_answers
-    # guess_fraction=0 draws nothing extra: the oracle demonstrator's stream is unchanged
-    assert writer.demos(questions[:50], seed=3, guess_fraction=0.0) == writer.demos(questions[:50], seed=3)
+    # stop_early_fraction=0 draws nothing extra: the oracle demonstrator's stream is unchanged
+    assert writer.demos(questions[:50], seed=3, stop_early_fraction=0.0) == writer.demos(questions[:50], seed=3)
 
 
 def test_demos_with_a_retriever_and_chat_template(world):
