@@ -52,7 +52,8 @@ def plot_groups(groups: Mapping[str, Sequence[Sequence[dict]]], panels: Sequence
             common = sorted(set.intersection(*(set(c[0].tolist()) for c in curves)))
             if not common:
                 continue
-            ys = np.stack([[dict(zip(c[0].tolist(), c[1].tolist()))[s] for s in common] for c in curves])
+            at = [dict(zip(c[0].tolist(), c[1].tolist())) for c in curves]
+            ys = np.asarray([[a[s] for s in common] for a in at])
             (line,) = ax.plot(common, ys.mean(axis=0), label=name, marker="." if len(common) < 12 else None)
             if len(curves) > 1:
                 ax.fill_between(common, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.2)
