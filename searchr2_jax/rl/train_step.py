@@ -45,11 +45,13 @@ class StepBatch(NamedTuple):
     meta_advantages: jax.Array  # [M, Q] f32
 
 
-def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature: float = 1.0, entropy: bool = False):
+def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature: float = 1.0, entropy: bool = False,
+                      mesh=None):
     """(log p(token i | tokens < i) [B, T] fp32 with 0 at i = 0, final hidden states), and with `entropy` the
     policy's entropy at each of those positions [B, T] as a third element. The LM head runs `cfg.logits_chunk`
-    positions at a time, rematerialized in the backward pass: no [B, T, V] logits are held."""
-    hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=valid)
+    positions at a time, rematerialized in the backward pass: no [B, T, V] logits are held. `mesh`: keep the rows
+    split over its data x fsdp axes (see `decoder.forward_hidden`)."""
+    hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=valid, mesh=mesh)
     out = chunked_token_logprobs(hidden[:, :-1], lambda h: decoder.lm_logits(cfg, params, h), tokens[:, 1:],
                                  cfg.logits_chunk, temperature, return_entropy=entropy)
     pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
@@ -63,7 +65,11 @@ def token_values(cfg: DecoderConfig, params, hidden):
 
 
 def _split(x, n):
-    return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+    """[N, ...] -> [n, N / n, ...], micro-batch j holding rows j, j + n, j + 2n, ... Strided, not contiguous: with
+    the rows split over the mesh's batch axes, every device's own rows then fall evenly into every micro-batch, so
+    the split moves no data; contiguous micro-batches each lie on a few devices, and XLA gathers each whole onto
+    every device (a Qwen2.5-7B step on 64 devices: 1.6 TB a device against 308 GB)."""
+    return jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1)
 
 
 def _accumulate(loss_fn, params, micro_batches, num_micro: int):
@@ -94,8 +100,11 @@ def _apply(state: TrainState, optimizer, loss, grads, metrics):
 
 
 def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, optimizer, num_micro: int = 1,
-                    use_critic: bool = False, temperature: float = 1.0, recompute_old: bool = False):
+                    use_critic: bool = False, temperature: float = 1.0, recompute_old: bool = False, mesh=None):
     """Builds the jittable `train_step(state, batch) -> (state, metrics)` for GRPO (default) or PPO.
+
+    `mesh`: the mesh the step is jitted on; its passes then keep each micro-batch's rows split over data x fsdp
+    (`decoder.forward_hidden`), which a sharded run needs to fit (benchmarks/memory.py).
 
     `recompute_old`: pi_old is this program's own log-probs of the batch (stop-gradient), not the sampler's. The
     step makes one update from one set of parameters (every micro-batch sees them), so that is exactly verl's
@@ -107,10 +116,11 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
     def policy_terms(params, ref_params, tokens, valid, mask, old_lp, adv, temperature):
         # The entropy is logged always (its collapse is the first sign of a failing run) and trained on when
         # entropy_coef > 0; it comes out of the same LM-head blocks as the log-probs.
-        logp, hidden, ent = sequence_logprobs(cfg, params, tokens, valid, temperature, entropy=True)
+        logp, hidden, ent = sequence_logprobs(cfg, params, tokens, valid, temperature, entropy=True, mesh=mesh)
         ref_lp = None
         if use_kl:
-            ref_lp = jax.lax.stop_gradient(sequence_logprobs(cfg, ref_params, tokens, valid, temperature)[0])
+            ref_lp = jax.lax.stop_gradient(sequence_logprobs(cfg, ref_params, tokens, valid, temperature,
+                                                             mesh=mesh)[0])
         live = mask > 0
         gap = jnp.abs(jnp.exp(jnp.clip(jnp.where(live, logp - old_lp, 0.0), -20.0, 20.0)) - 1.0)
         if recompute_old:
@@ -158,12 +168,13 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
     return train_step
 
 
-def make_sft_step(cfg: DecoderConfig, optimizer, num_micro: int = 1):
-    """Supervised warm start: token-mean cross-entropy on `loss_mask` tokens (demonstrations, refiner labels)."""
+def make_sft_step(cfg: DecoderConfig, optimizer, num_micro: int = 1, mesh=None):
+    """Supervised warm start: token-mean cross-entropy on `loss_mask` tokens (demonstrations, refiner labels).
+    `mesh`: as in `make_train_step`."""
 
     def loss_fn(params, mb, denom):
         tokens, valid, mask = mb
-        logp, _ = sequence_logprobs(cfg, params, tokens, valid)
+        logp, _ = sequence_logprobs(cfg, params, tokens, valid, mesh=mesh)
         nll = -jnp.sum(logp * mask)
         return nll / denom, {"sft/nll_sum": nll}
 
