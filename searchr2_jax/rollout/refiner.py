@@ -44,6 +44,9 @@ def default_refiner_config() -> ml_collections.ConfigDict:
         prompt="followup",  # "followup" (Table 12's instruction after the Actor's conversation) | "table12"
         chat=False,  # refiner prompt as a chat user message (instruct models)
         max_prompt_tokens=4096,  # longer refiner prompts keep the most recent tokens of the trajectory text
+        # table12 prompts (or a refiner with its own params) are scored in passes of at most this many prompts
+        # (0 = all finished trajectories in one pass): a pass holds every row's activations on every device.
+        score_batch=0,
         # Benchmarks only: revise this fraction of trajectories at a uniformly drawn step, whatever the scores say
         # (the scores are still computed, so the cost is real). -1 = off.
         force_revise_rate=-1.0,
@@ -202,7 +205,8 @@ class MetaRefiner:
         prompts = [self.prompt_ids(t, s) for t, s in zip(trajectories, step_texts)]
         num_steps = [len(s) for s in step_texts]
         t0 = time.perf_counter()
-        scores, token_scores = self.score(params, prompts, num_steps, per_token=True)
+        scores, token_scores = self.score(params, prompts, num_steps, batch=self.config.score_batch or None,
+                                          per_token=True)
         self.last_score_s = time.perf_counter() - t0
         return self.decisions(prompts, num_steps, scores, rngs, token_scores)
 
