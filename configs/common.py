@@ -79,7 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
         keep_checkpoints=3, progress=True,
         # Every N RL steps (0 = never), with the refiner on: the Prop. 4.1 / 4.2 terms on this many training prompts.
         diagnostics_every=0, diagnostics_prompts=32))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # chip / devices: the accelerator a config is sized for (a key of models/sharding.CHIP_HBM_BYTES) and how many of
+    # them; the memory suite (`launch/benchmark.py --suite=memory`) compiles the config's programs on that mesh and
+    # checks them against the chip's memory. "" / 0: not sized for a pod (runs on whatever devices are there).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, chip="", devices=0))
     return c
 
 
@@ -90,8 +93,8 @@ PAPER_EVAL_FILES = ("nq/test.jsonl", "triviaqa/test.jsonl", "popqa/test.jsonl", 
                     "2wikimultihopqa/dev.jsonl", "musique/dev.jsonl", "bamboogle/test.jsonl")
 
 
-def paper_config(arg, *, model: str, tensor: int, micro_batches: int, chat: bool = True,
-                 slots: int = 256) -> ml_collections.ConfigDict:
+def paper_config(arg, *, model: str, tensor: int, micro_batches: int, devices: int, chip: str = "v5p",
+                 chat: bool = True, slots: int = 256) -> ml_collections.ConfigDict:
     """Search-R2 as the paper trains it (search_r2_paper.md §4, §6.3): GRPO n=5 on 512 prompts/step for 300 steps,
     lr 1e-6 with warm-up ratio 0.285, low-variance KL 0.001 as a loss, no entropy bonus, 4 assistant turns, one
     revision, top-3 e5-base-v2 dense retrieval over wiki-18, NQ+HotpotQA train, bf16 with remat, no SFT.
@@ -99,7 +102,7 @@ def paper_config(arg, *, model: str, tensor: int, micro_batches: int, chat: bool
     `arg` switches (comma-separated key=value): root (where models/, wiki-18/, data/ live), hf_path, corpus, index,
     encoder, train_files, eval_dir, variant, steps, prompts, judge. The mesh is data=1 x fsdp=(the rest) x tensor
     (the paper's tensor-parallel size); `micro_batches` keeps 4 rows per fsdp shard on the pod the config is sized
-    for, as the paper's micro-batch of 4 per GPU."""
+    for (`devices` chips of kind `chip`), as the paper's micro-batch of 4 per GPU."""
     a = parse_arg(arg, root="/mnt/disks/searchr2", hf_path="", corpus="", index="", encoder="", train_files="",
                   eval_dir="", variant="search_r2", steps=300, prompts=512, judge="llm", eval_examples=512)
     root = a.root.rstrip("/")
@@ -116,10 +119,15 @@ def paper_config(arg, *, model: str, tensor: int, micro_batches: int, chat: bool
     c.retrieval.encoder.update(dict(path=a.encoder or f"{root}/models/e5-base-v2", pooling="mean",
                                     dtype="bfloat16", batch_size=512))
     c.retrieval.faiss.update(dict(factory="Flat", mmap=True))  # 21M x 768 f32: ~64 GB, memory-mapped
-    c.rollout.update(dict(slots=slots, max_turns=4, max_prompt_tokens=4096, max_response_tokens=3000,
+    # A prompt is the Search-R1 instruction and one question (about 200 tokens): 512 leaves room for long questions.
+    # It also sets the train step's length (bucket(512 + 3000) = 4,096 tokens, 8,192 at 4,096) and the admission's
+    # prefill: every slot's prompt in one append, whose activations each device holds (benchmarks/memory.py).
+    c.rollout.update(dict(slots=slots, max_turns=4, max_prompt_tokens=512, max_response_tokens=3000,
                           max_obs_tokens=512, topk=3, segment_steps=64, temperature=1.0, top_p=1.0))
     # The paper's standalone Table 12 prompt: on an accelerator re-encoding each trajectory is cheap next to decode.
-    c.refiner.update(dict(max_revisions=1, margin=0.0, chat=chat, max_prompt_tokens=4096, prompt="table12"))
+    # Scored 16 prompts a pass: each pass holds its rows' activations at 4,096 tokens on every device.
+    c.refiner.update(dict(max_revisions=1, margin=0.0, chat=chat, max_prompt_tokens=4096, prompt="table12",
+                          score_batch=16))
     # The paper's judge: DeepSeek-R1-Distill-Qwen-7B (a Qwen2), greedy, up to 3,000 tokens, on our decoder.
     c.reward.update(dict(judge=a.judge, judge_model=f"{root}/models/DeepSeek-R1-Distill-Qwen-7B",
                          judge_max_new_tokens=3000))
@@ -130,5 +138,5 @@ def paper_config(arg, *, model: str, tensor: int, micro_batches: int, chat: bool
     c.sft.steps = 0  # RL straight from the backbone
     c.train.update(dict(steps=a.steps, prompts_per_step=a.prompts, micro_batches=micro_batches, log_every=1,
                         eval_every=50, ckpt_every=25, keep_checkpoints=3, progress=True))
-    c.mesh.update(dict(data=1, fsdp=-1, tensor=tensor))
+    c.mesh.update(dict(data=1, fsdp=-1, tensor=tensor, chip=chip, devices=devices))
     return apply_variant(c, a.variant)

@@ -13,4 +13,4 @@ from configs.common import paper_config
 
 
 def get_config(arg=None):
-    return paper_config(arg, model="Qwen2.5-32B-Instruct", tensor=8, micro_batches=40, slots=128)
+    return paper_config(arg, model="Qwen2.5-32B-Instruct", tensor=8, micro_batches=40, devices=128, slots=128)

@@ -16,4 +16,4 @@ from configs.common import paper_config
 
 
 def get_config(arg=None):
-    return paper_config(arg, model="Qwen2.5-7B", tensor=2, micro_batches=20)
+    return paper_config(arg, model="Qwen2.5-7B", tensor=2, micro_batches=20, devices=64)

@@ -13,4 +13,4 @@ from configs.common import paper_config
 
 
 def get_config(arg=None):
-    return paper_config(arg, model="Qwen3-8B", tensor=2, micro_batches=20)
+    return paper_config(arg, model="Qwen3-8B", tensor=2, micro_batches=20, devices=64)

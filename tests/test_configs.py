@@ -7,6 +7,7 @@ import os
 import pytest
 
 from configs import common
+from searchr2_jax.models.sharding import CHIP_HBM_BYTES
 from searchr2_jax.trainer import ConfigError, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +50,8 @@ def test_paper_settings(name):
     assert "wiki-18" in c.retrieval.corpus_path and "wiki-18" in c.retrieval.index_dir
     assert (c.model.dtype, c.model.remat, c.sft.steps) == ("bfloat16", True, 0)
     assert c.mesh.tensor == (8 if "32b" in name else 2) and c.mesh.fsdp == -1
+    # The pod it is sized for, which the memory suite compiles on (tests/benchmarks/test_memory.py).
+    assert c.mesh.devices == PAPER[name] and c.mesh.chip in CHIP_HBM_BYTES
     rows = c.train.prompts_per_step * c.rl.group_size
     assert rows // c.train.micro_batches // (PAPER[name] // c.mesh.tensor) == 4  # 4 rows per fsdp shard
     # Paths follow the arg.

@@ -76,6 +76,28 @@ def make_mesh(sizes: Any = (-1, 1, 1), devices: Sequence | None = None) -> Mesh:
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
+# Memory of one chip, in bytes, for the chip a config declares (`mesh.chip`): what the runtime can hand out, as the
+# device reports it (TPU: `memory_stats()["bytes_limit"]`; NVIDIA: nvidia-smi's total). A GPU process preallocates
+# only XLA_PYTHON_CLIENT_MEM_FRACTION of it (0.75 by default): raise that to use what the memory suite counts on.
+GiB, MiB = 1 << 30, 1 << 20
+CHIP_HBM_BYTES = {
+    "v4": 32 * GiB,
+    "v5e": 16 * GiB,
+    "v5p": 95 * GiB,
+    "v6e": 32 * GiB,
+    "a100": 81_920 * MiB,  # A100 80GB
+    "h100": 81_559 * MiB,  # H100 SXM 80GB
+    "h200": 143_771 * MiB,
+}
+
+
+def hbm_bytes(chip: str) -> int:
+    """The memory of one `chip` (a key of CHIP_HBM_BYTES); ShardingError naming `mesh.chip` otherwise."""
+    if chip not in CHIP_HBM_BYTES:
+        raise ShardingError(f"mesh.chip={chip!r}: expected one of {sorted(CHIP_HBM_BYTES)}")
+    return CHIP_HBM_BYTES[chip]
+
+
 # ------------------------------------------------------------------------------------------------ rules
 
 # Ordered: first match wins. Leading `None` is the stacked layer axis. Matmul weights are [in, out]: "in" over fsdp
@@ -335,8 +357,8 @@ def shape_dtype(tree, shardings):
 
 
 __all__ = [
-    "AXES", "BATCH_AXES", "DECODER_RULES", "ShardingError", "batch_sharding", "batch_spec", "cache_shardings",
-    "cache_specs", "fit_spec", "host_local_to_global", "init_cache_sharded", "is_sharded", "make_mesh",
-    "match_partition_rules", "maybe_initialize_distributed", "mesh_shape", "param_shardings", "param_specs",
-    "process_local_mesh", "put_global", "shard_params", "shape_dtype", "to_local_mesh", "tree_shardings",
+    "AXES", "BATCH_AXES", "CHIP_HBM_BYTES", "DECODER_RULES", "ShardingError", "batch_sharding", "batch_spec",
+    "cache_shardings", "cache_specs", "fit_spec", "hbm_bytes", "host_local_to_global", "init_cache_sharded",
+    "is_sharded", "make_mesh", "match_partition_rules", "maybe_initialize_distributed", "mesh_shape", "param_shardings",
+    "param_specs", "process_local_mesh", "put_global", "shard_params", "shape_dtype", "to_local_mesh", "tree_shardings",
 ]
