@@ -152,6 +152,14 @@ def _read_json(path: str):
         return json.load(f)
 
 
+def _release(trainer) -> None:
+    """Ends a unit: closes its trainer's checkpointer and metric writer (a second close is harmless) and drops the
+    compiled programs, so the next unit of the same process starts without the last one's."""
+    trainer.ckpt.close()
+    trainer.writer.close()
+    jax.clear_caches()
+
+
 def build_warm_start(config: ml_collections.ConfigDict, out_dir: str) -> tuple[str, float]:
     """Trains (or resumes, or reuses) the warm start; returns its directory and its training wall time."""
     from searchr2_jax.models import hf_io
@@ -168,9 +176,8 @@ def build_warm_start(config: ml_collections.ConfigDict, out_dir: str) -> tuple[s
     hf_io.save_params(hf, trainer.model_cfg, jax.device_get(trainer.state.params))
     trainer.tokenizer.save_pretrained(hf)
     wall = time.time() - t0
+    _release(trainer)
     _write_json(done, dict(wall_s=wall, key=warm_start_key(config), sft_steps=config.sft.steps))
-    del trainer
-    jax.clear_caches()
     return wdir, wall
 
 
@@ -226,7 +233,7 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
         return _read_json(path)
     t0 = time.time()
     trainer = Trainer(_eval_config(config, warm_dir), os.path.join(out_dir, "headroom_eval"))
-    dev = trainer.world.splits[config.data.eval_split][: config.data.eval_examples]
+    dev = trainer.eval_examples
     params, n = trainer.state.params, config.rl.group_size
     greedy = np.asarray([r["em"] for r in eval_lib.records(trainer.eval_engine, params, dev,
                                                            jax.random.fold_in(trainer.eval_rng, 0))])
@@ -246,10 +253,7 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
            "headroom_sampled_em_on_failures": float(sampled[fail].mean()) if fail.any() else 0.0,
            "headroom_sampled_em_on_successes": float(sampled[~fail].mean()) if (~fail).any() else 0.0,
            "headroom_wall_s": time.time() - t0}
-    trainer.ckpt.close()
-    trainer.writer.close()
-    del trainer
-    jax.clear_caches()
+    _release(trainer)
     _write_json(path, out)
     return out
 
@@ -291,10 +295,7 @@ def run_baselines(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str
     if config.refiner.enabled or "search_r2" in e.arms:
         dev = trainer.world.splits[config.data.eval_split][: max(config.data.eval_examples, 64)]
         out["refiner_quality"] = refiner_quality(trainer, params, dev)
-    trainer.ckpt.close()
-    trainer.writer.close()
-    del trainer
-    jax.clear_caches()
+    _release(trainer)
     _write_json(path, out)
     return out
 
@@ -319,10 +320,10 @@ def run_arm(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str, arm:
     recs = eval_lib.records(trainer.eval_engine, trainer.state.params, test,
                             jax.random.fold_in(trainer.eval_rng, 0), config.model.chat, e.eval_batch_size)
     result = dict(arm=arm, seed=seed, records=recs, train_wall_s=train_s, eval_wall_s=time.time() - t0,
+                  device=f"{jax.devices()[0].device_kind} x {jax.device_count()}",
                   rl_steps=int(c.train.steps), final_metrics={k: float(v) for k, v in last.items()
                                                               if np.isscalar(v)})
-    del trainer
-    jax.clear_caches()
+    _release(trainer)
     _write_json(path, result)
     return result
 
@@ -420,7 +421,8 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
         s.update(arm_figures(arm, [r["records"] for r in results], n_boot, {
             f"{arm}_wall_s": float(np.mean([r["train_wall_s"] + r["eval_wall_s"] for r in results])),
             f"{arm}_wall_s_seeds": [r["train_wall_s"] + r["eval_wall_s"] for r in results],
-            f"{arm}_rl_steps": results[0]["rl_steps"]}))
+            f"{arm}_rl_steps": results[0]["rl_steps"],
+            f"{arm}_devices": [r.get("device", "unrecorded") for r in results]}))
         diag = {k: [r["final_metrics"][k] for r in results if k in r["final_metrics"]]
                 for k in results[0]["final_metrics"] if k.startswith("diag/")}
         if diag:

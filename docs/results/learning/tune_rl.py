@@ -28,20 +28,22 @@ _ARG = flags.DEFINE_string("config_arg", "", "switches of configs/learning.py, e
 
 
 def _override(c, spec: str):
+    """`--set` as dotted keys; ConfigDict refuses a value of the wrong type, and an unknown key (which
+    `update_from_flattened_dict` would add) is refused here, so a typo never runs as the default."""
+    flat = {}
     for item in filter(None, spec.split(",")):
         key, _, raw = item.partition("=")
         *path, leaf = key.split(".")
         node = c
         for p in path:
-            node = node[p]
-        if leaf not in node:
+            node = node.get(p) if hasattr(node, "get") else None
+        if node is None or not hasattr(node, "keys") or leaf not in node:
             raise KeyError(f"--set: {key!r} is not a config field")
         try:
-            value = ast.literal_eval(raw)
+            flat[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
-            value = raw
-        node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) and not isinstance(
-            node[leaf], bool) else value
+            flat[key] = raw
+    c.update_from_flattened_dict(flat)
 
 
 def main(argv):
