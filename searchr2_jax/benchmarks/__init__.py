@@ -5,6 +5,7 @@ slow another) and writes the figures as one JSON object.
 """
 
 SUITES = {
+    "memory": "searchr2_jax.benchmarks.memory",
     "model": "searchr2_jax.benchmarks.model",
     "retrieval": "searchr2_jax.benchmarks.retrieval",
     "rollout": "searchr2_jax.benchmarks.rollout",
