@@ -65,6 +65,8 @@ def get_config(arg=None):
         test_split="test", test_examples=a.test_examples,
         eval_batch_size=64,
         bootstrap=1000,  # resamples of the test questions for the 95% intervals
+        warm_start="",  # a folder build_warm_start wrote (hf/, warm_start.json) to use instead of training one
+        headroom=True,  # the RL-headroom unit on dev (about 2 minutes)
     )
     if a.quick:  # the whole pipeline in about two minutes, for the tests: outputs, not figures
         c.data.world = dict(seed=0, num_people=120, num_companies=30, num_cities=30, num_countries=6,

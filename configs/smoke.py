@@ -1,6 +1,6 @@
 """Smoke: a tiny from-scratch model on a tiny synthetic world, warm-started on demonstrations, then a few Search-R2
-GRPO steps with the Meta-Refiner on, and a greedy Actor-only eval table at the end. The README's main job; about
-5-9 minutes on 2 CPU cores.
+GRPO steps with the Meta-Refiner on, and a greedy Actor-only eval table at the end: the whole pipeline from nothing,
+in about 5-9 minutes on 2 CPU cores. It shows the pipeline, not learning (configs/main.py does that).
 
   python launch/train.py --config=configs/smoke.py --workdir=/tmp/searchr2_smoke
 """

@@ -12,7 +12,9 @@ its latest checkpoint:
     out_dir/summary.json, table.md, curves.png
 
 The warm start is cached by a hash of the settings it depends on (world, model, tokenizer, SFT, refiner prompt,
-retrieval), so arms differ only in what RL does. Figures on test are never used to choose anything.
+retrieval), so arms differ only in what RL does; `experiment.warm_start` names a folder built earlier instead (the
+README's main job ships one), used only when its hash matches. Each arm's gain over the warm start comes with a
+paired interval (the same questions resampled together). Figures on test are never used to choose anything.
 """
 
 from __future__ import annotations
@@ -101,6 +103,15 @@ def bootstrap_ci(em: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, f
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def paired_gain(em: np.ndarray, base: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """An arm's EM gain over a baseline on the same questions, with its 95% interval: `em` is [seeds, questions]
+    and `base` [questions]; resampling questions moves both together, which is far tighter than comparing the two
+    unpaired intervals."""
+    diff = np.atleast_2d(np.asarray(em, np.float64)).mean(axis=0) - np.asarray(base, np.float64)
+    lo, hi = bootstrap_ci(diff, n, seed)
+    return float(diff.mean()), lo, hi
+
+
 def arm_figures(name: str, runs: Sequence[Sequence[dict]], n_boot: int, extra: dict | None = None) -> dict:
     """`name_em`, its per-seed list, interval, EM by hop and the other means, from per-seed test records."""
     em = np.asarray([[r["em"] for r in recs] for recs in runs], np.float64)
@@ -125,6 +136,9 @@ def goals(s: dict) -> dict:
     if "search_r1_em" in s and "warm_start_em" in s:
         goal("rl_works", s["search_r1_em"], s["warm_start_em"] + 0.10,
              s["search_r1_em"] >= s["warm_start_em"] + 0.10)
+    for arm in RL_ARMS:  # the README's main job: the gain's paired interval lies above 0
+        if f"{arm}_gain_ci95" in s:
+            goal(f"{arm}_gain_beyond_interval", s[f"{arm}_gain_ci95"][0], 0.0, s[f"{arm}_gain_ci95"][0] > 0)
     if "search_r1_em" in s and "direct_em" in s:
         goal("search_beats_direct_3x", s["search_r1_em"], 3 * s["direct_em"], s["search_r1_em"] >= 3 * s["direct_em"])
     if "search_r1_em_by_hops" in s and "rag_em_by_hops" in s:
@@ -160,12 +174,31 @@ def _release(trainer) -> None:
     jax.clear_caches()
 
 
+def shipped_warm_start(path: str, key: str) -> str:
+    """A warm start built earlier (by `build_warm_start`, then copied) instead of trained here: its
+    warm_start.json must name the same settings key as this config, or every figure would be measured against a
+    model trained on other settings."""
+    done = os.path.join(path, "warm_start.json")
+    if not os.path.exists(done) or not os.path.isdir(os.path.join(path, "hf")):
+        raise ConfigError(f"experiment.warm_start={path!r}: expected {done} and {os.path.join(path, 'hf')}/, as "
+                          "build_warm_start writes them")
+    built = _read_json(done).get("key")
+    if built != key:
+        raise ConfigError(f"experiment.warm_start: {done} was built for settings {built}, this config's are {key}: "
+                          "its world, model, SFT or retrieval settings differ. Unset experiment.warm_start to "
+                          "train a warm start for these settings.")
+    return path
+
+
 def build_warm_start(config: ml_collections.ConfigDict, out_dir: str) -> tuple[str, float]:
     """Trains (or resumes, or reuses) the warm start; returns its directory and its training wall time."""
     from searchr2_jax.models import hf_io
     from searchr2_jax.trainer import Trainer
 
-    wdir = os.path.join(out_dir, f"warm_start-{warm_start_key(config)}")
+    key = warm_start_key(config)
+    if config.experiment.get("warm_start"):
+        return shipped_warm_start(config.experiment.warm_start, key), 0.0
+    wdir = os.path.join(out_dir, f"warm_start-{key}")
     done = os.path.join(wdir, "warm_start.json")
     if os.path.exists(done):
         return wdir, _read_json(done)["wall_s"]
@@ -228,6 +261,8 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
     from searchr2_jax.eval import evaluate as eval_lib
     from searchr2_jax.trainer import Trainer
 
+    if not config.experiment.get("headroom", True):
+        return {}
     path = os.path.join(out_dir, "headroom.json")
     if os.path.exists(path):
         return _read_json(path)
@@ -292,7 +327,7 @@ def run_baselines(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str
                                                                config.rollout.topk, config.model.chat,
                                                                e.eval_batch_size)
         out["wall_s"][method] = time.time() - t0
-    if config.refiner.enabled or "search_r2" in e.arms:
+    if any(arm_config(config, arm, config.seed, warm_dir).refiner.enabled for arm in e.arms):
         dev = trainer.world.splits[config.data.eval_split][: max(config.data.eval_examples, 64)]
         out["refiner_quality"] = refiner_quality(trainer, params, dev)
     _release(trainer)
@@ -388,7 +423,7 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
         if arm not in RL_ARMS:
             raise ConfigError(f"experiment.arms: {arm!r} is not one of {RL_ARMS}")
     os.makedirs(out_dir, exist_ok=True)
-    units = 3 + len(e.arms) * len(e.seeds)
+    units = 2 + bool(e.get("headroom", True)) + len(e.arms) * len(e.seeds)  # warm start, baselines, headroom, arms
     bar = tqdm(total=units, desc="experiment", dynamic_ncols=True, position=0)
     t_start = time.time()
 
@@ -400,7 +435,7 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
     bar.update(1)
     bar.set_postfix_str("RL headroom on dev")
     headroom = rl_headroom(config, out_dir, warm_dir)
-    bar.update(1)
+    bar.update(bool(headroom))
     arms = {}
     for arm in e.arms:
         for seed in e.seeds:
@@ -423,6 +458,9 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
             f"{arm}_wall_s_seeds": [r["train_wall_s"] + r["eval_wall_s"] for r in results],
             f"{arm}_rl_steps": results[0]["rl_steps"],
             f"{arm}_devices": [r.get("device", "unrecorded") for r in results]}))
+        gain, lo, hi = paired_gain([[r["em"] for r in res["records"]] for res in results],
+                                   [r["em"] for r in base["records"]["warm_start"]], n_boot)
+        s[f"{arm}_gain"], s[f"{arm}_gain_ci95"] = gain, [lo, hi]
         diag = {k: [r["final_metrics"][k] for r in results if k in r["final_metrics"]]
                 for k in results[0]["final_metrics"] if k.startswith("diag/")}
         if diag:
@@ -440,6 +478,10 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
         f.write(f"Held-out test questions: {s['warm_start_questions']} ({e.test_split} region of the world), greedy, "
                 f"Actor only; RL arms: mean over seeds {list(e.seeds)}, {config.train.steps} RL steps each.\n\n")
         f.write(table + "\n\n")
+        for arm in e.arms:
+            lo, hi = s[f"{arm}_gain_ci95"]
+            f.write(f"- {arm} gain over the warm start: {s[f'{arm}_gain']:+.3f} (paired 95% CI {lo:+.3f} to "
+                    f"{hi:+.3f})\n")
         for name, g in s["goals"].items():
             f.write(f"- {name}: {g['value']:.3f} against {g['target']:.3f}: {'met' if g['met'] else 'NOT met'}\n")
     plot_curves(out_dir, e.arms, e.seeds, os.path.join(out_dir, "curves.png"), headroom.get("headroom_greedy_em"))

@@ -141,6 +141,30 @@ def _gather_json(obj) -> list:
     return [json.loads(bytes(row).rstrip(b"\0")) for row in np.asarray(multihost_utils.process_allgather(buf))]
 
 
+def recompute_old_logprobs(config: ml_collections.ConfigDict, model_cfg) -> bool:
+    """`rl.recompute_old_logprobs`: auto is on unless the model runs in float32."""
+    recompute = config.rl.recompute_old_logprobs
+    return recompute == "on" or (recompute == "auto" and model_cfg.dtype != "float32")
+
+
+def jit_sft_step(config: ml_collections.ConfigDict, model_cfg, mesh, state_shardings, optimizer):
+    """The jitted warm-start step: state placed by the partition rules, batches split over data x fsdp."""
+    rows = sharding.batch_sharding(mesh, 2)
+    return jax.jit(make_sft_step(model_cfg, optimizer, config.train.micro_batches, mesh=mesh),
+                   in_shardings=(state_shardings, rows, rows, rows), out_shardings=(state_shardings, None),
+                   donate_argnums=0)
+
+
+def jit_train_step(config: ml_collections.ConfigDict, model_cfg, mesh, state_shardings, optimizer):
+    """The jitted RL step, as the trainer runs it and the memory suite (benchmarks/memory.py) compiles it."""
+    rows = sharding.batch_sharding(mesh, 2)
+    step = make_train_step(model_cfg, config.rl.loss, optimizer, config.train.micro_batches,
+                           use_critic=config.rl.algo == "ppo", temperature=config.rollout.temperature,
+                           recompute_old=recompute_old_logprobs(config, model_cfg), mesh=mesh)
+    return jax.jit(step, in_shardings=(state_shardings, rows), out_shardings=(state_shardings, None),
+                   donate_argnums=0)
+
+
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         """`devices`: the devices of the mesh (default: all); tests pass a subset of the fake CPU devices."""
@@ -201,18 +225,9 @@ class Trainer:
         # Every parameter and optimizer leaf is placed by the partition rules; batches split over data x fsdp.
         self.state_shardings = sharding.tree_shardings(state, self.mesh)
         self.state = sharding.put_global(state, self.state_shardings)
-        rows = sharding.batch_sharding(self.mesh, 2)
-        self.sft_step = jax.jit(make_sft_step(self.model_cfg, self.sft_opt, config.train.micro_batches),
-                                in_shardings=(self.state_shardings, rows, rows, rows),
-                                out_shardings=(self.state_shardings, None), donate_argnums=0)
-        recompute = config.rl.recompute_old_logprobs
-        self.recompute_old = recompute == "on" or (recompute == "auto" and self.model_cfg.dtype != "float32")
-        self.train_step = jax.jit(make_train_step(self.model_cfg, config.rl.loss, self.rl_opt,
-                                                  config.train.micro_batches, use_critic=config.rl.algo == "ppo",
-                                                  temperature=config.rollout.temperature,
-                                                  recompute_old=self.recompute_old),
-                                  in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, None),
-                                  donate_argnums=0)
+        self.sft_step = jit_sft_step(config, self.model_cfg, self.mesh, self.state_shardings, self.sft_opt)
+        self.recompute_old = recompute_old_logprobs(config, self.model_cfg)
+        self.train_step = jit_train_step(config, self.model_cfg, self.mesh, self.state_shardings, self.rl_opt)
         # Each host reads its own shard (QAPipeline splits by process index) and its share of the global batch.
         if config.rl.algo == "ppo":  # the critic's values for GAE, on the rollout engine's (per-host) parameters
             self._values = jax.jit(lambda params, tokens, valid: token_values(
@@ -462,8 +477,9 @@ class Trainer:
             every = c.train.diagnostics_every
             if every > 0 and rl_step > 0 and c.refiner.enabled and (rl_step % every == 0 or step == total):
                 metrics.update(self.diagnostics(step))
-            metrics["perf/step_time_s"] = time.time() - t0
             if step % c.train.log_every == 0 or step == total:
+                metrics = jax.device_get(metrics)  # waits for the (asynchronous) update, so the time includes it
+                metrics["perf/step_time_s"] = time.time() - t0
                 last = self.writer.write(step, metrics)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
                                  if k in ("sft/nll", "train/loss", "reward/mean", "reward/em")})

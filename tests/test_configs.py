@@ -15,7 +15,7 @@ CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(R
                       if os.path.basename(p) not in ("__init__.py", "common.py"))
 # Device counts each config is sized for (a new config file must be added here).
 PAPER = {"qwen2p5_7b_r2": 64, "qwen3_8b_r2": 64, "qwen2p5_32b_r2": 128}
-DEVICES = {"smoke": [1], "learning": [1], "smollm2_135m": [1, 2], "synthetic": [1, 2, 8], **{k: [v] for k, v in PAPER.items()}}
+DEVICES = {"smoke": [1], "learning": [1], "main": [1], "smollm2_135m": [1, 2], "synthetic": [1, 2, 8], **{k: [v] for k, v in PAPER.items()}}
 ARGS = {"smollm2_135m": "hf_path=/models/smollm2"}  # skip the GGUF conversion at build time
 
 
@@ -93,3 +93,12 @@ def test_synthetic_variants_set_their_switches(variant):
 def test_unknown_variant_names_the_field():
     with pytest.raises(ConfigError, match="variant"):
         load("synthetic", "variant=search_r3")
+
+
+def test_main_job_uses_the_shipped_warm_start_of_its_settings():
+    from searchr2_jax.experiment import shipped_warm_start, warm_start_key
+
+    c = load("main")
+    assert shipped_warm_start(c.experiment.warm_start, warm_start_key(c)) == c.experiment.warm_start
+    # the experiment it is cut from trains the same warm start
+    assert warm_start_key(c) == warm_start_key(load("learning", "stop_early=0.5"))

@@ -26,6 +26,41 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_questions():
     assert X.bootstrap_ci(np.stack([small, small]), 500) == X.bootstrap_ci(small, 500)
 
 
+def test_paired_gain_is_tighter_than_the_unpaired_intervals():
+    rng = np.random.default_rng(1)
+    base = (rng.random(400) < 0.3).astype(float)
+    arm = base.copy()
+    flip = rng.choice(np.flatnonzero(base == 0), 20, replace=False)
+    arm[flip] = 1.0  # +0.05 on the same questions, nothing lost
+    gain, lo, hi = X.paired_gain(arm[None], base, 500)
+    assert gain == pytest.approx(0.05)
+    assert 0 < lo <= gain <= hi
+    (alo, ahi), (blo, bhi) = X.bootstrap_ci(arm, 500), X.bootstrap_ci(base, 500)
+    assert alo < bhi  # the unpaired intervals overlap, the paired one excludes 0
+    # the arm's seeds are averaged per question before the difference
+    gain2, _, _ = X.paired_gain(np.stack([arm, base]), base, 500)
+    assert gain2 == pytest.approx(0.025)
+
+
+def test_a_shipped_warm_start_must_match_the_settings(tmp_path):
+    sys.path.insert(0, ROOT)
+    from configs.learning import get_config
+    from searchr2_jax.variants import ConfigError
+
+    c = get_config("quick=1")
+    key = X.warm_start_key(c)
+    with pytest.raises(ConfigError, match="warm_start.json"):
+        X.shipped_warm_start(str(tmp_path), key)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "warm_start.json").write_text(json.dumps({"key": "0123456789ab", "wall_s": 1.0}))
+    with pytest.raises(ConfigError, match="0123456789ab"):
+        X.shipped_warm_start(str(tmp_path), key)
+    (tmp_path / "warm_start.json").write_text(json.dumps({"key": key, "wall_s": 1.0}))
+    c.experiment.warm_start = str(tmp_path)
+    assert X.build_warm_start(c, str(tmp_path / "out")) == (str(tmp_path), 0.0)
+    assert not (tmp_path / "out").exists()  # nothing trained
+
+
 def test_goals_are_computed_from_the_figures():
     s = {"warm_start_em": 0.2, "search_r1_em": 0.35, "search_r2_em": 0.36, "direct_em": 0.1,
          "search_r1_em_by_hops": {"1": 0.6, "2": 0.3, "3": 0.2}, "rag_em_by_hops": {"1": 0.5, "2": 0.1, "3": 0.0}}

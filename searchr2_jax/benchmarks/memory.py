@@ -62,10 +62,11 @@ from jax.sharding import PartitionSpec as P
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.rl.train_step import StepBatch, make_train_step
+from searchr2_jax.rl.train_step import StepBatch
 from searchr2_jax.rollout import refiner as refiner_lib
 from searchr2_jax.rollout import sampler
 from searchr2_jax.rollout import types as T
+from searchr2_jax.trainer import jit_train_step
 
 PAPER_CONFIGS = ("qwen2p5_7b_r2", "qwen3_8b_r2", "qwen2p5_32b_r2")
 QUICK = "small"
@@ -216,18 +217,6 @@ def abstract_batch(config, mesh) -> StepBatch:
     f32 = jnp.float32
     return StepBatch(seq(n, t, jnp.int32), seq(n, t, jnp.bool_), *(seq(n, t, f32) for _ in range(5)),
                      seq(m, q, jnp.int32), seq(m, q, jnp.bool_), *(seq(m, q, f32) for _ in range(3)))
-
-
-def jit_train_step(config, model_cfg: DecoderConfig, mesh, state_shardings, optimizer):
-    """The RL train step as `Trainer.__init__` jits it, given the mesh (`make_train_step(mesh=...)`)."""
-    recompute = config.rl.recompute_old_logprobs
-    recompute_old = recompute == "on" or (recompute == "auto" and model_cfg.dtype != "float32")
-    step = make_train_step(model_cfg, config.rl.loss, optimizer, config.train.micro_batches,
-                           use_critic=config.rl.algo == "ppo", temperature=config.rollout.temperature,
-                           recompute_old=recompute_old, mesh=mesh)
-    rows = sharding.batch_sharding(mesh, 2)
-    return jax.jit(step, in_shardings=(state_shardings, rows), out_shardings=(state_shardings, None),
-                   donate_argnums=0)
 
 
 def gen_weights(model_cfg: DecoderConfig, params):

@@ -9,6 +9,7 @@ from jax.sharding import AbstractMesh
 from searchr2_jax.benchmarks import memory
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.rl import state as state_lib
+from searchr2_jax.trainer import jit_train_step
 
 
 def _tiny():
@@ -29,7 +30,7 @@ def test_abstract_figures_equal_a_compile_from_real_arrays():
     optimizer = state_lib.make_optimizer(config.optim, config.train.steps)
     state = memory.abstract_state(config, model_cfg, mesh, optimizer)
     batch = memory.abstract_batch(config, mesh)
-    step = memory.jit_train_step(config, model_cfg, mesh, jax.tree.map(lambda x: x.sharding, state), optimizer)
+    step = jit_train_step(config, model_cfg, mesh, jax.tree.map(lambda x: x.sharding, state), optimizer)
     predicted = memory.analysis_bytes(step.lower(state, batch).compile().memory_analysis())
 
     key = jax.random.key(config.seed)
@@ -70,7 +71,7 @@ def test_train_step_on_the_mesh_matches_one_device():
     one = jax.jit(memory.make_train_step(model_cfg, config.rl.loss, optimizer, config.train.micro_batches))
     new1, metrics1 = one(state, host)
     shardings = sharding.tree_shardings(state, mesh)
-    sharded = memory.jit_train_step(config, model_cfg, mesh, shardings, optimizer)  # donates the state
+    sharded = jit_train_step(config, model_cfg, mesh, shardings, optimizer)  # donates the state
     new, metrics = sharded(sharding.put_global(state, shardings), sharding.host_local_to_global(host, mesh))
     np.testing.assert_allclose(metrics["train/loss"], metrics1["train/loss"], rtol=1e-5, atol=1e-7)
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(new1.params)):
