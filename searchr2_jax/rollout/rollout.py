@@ -148,6 +148,7 @@ class _Slot:
     meta_actions: list = dataclasses.field(default_factory=list)
     cut_steps: list = dataclasses.field(default_factory=list)
     kept_tokens: list = dataclasses.field(default_factory=list)
+    drafts: list = dataclasses.field(default_factory=list)
 
     @property
     def stream(self) -> int:
@@ -510,6 +511,9 @@ class RolloutEngine:
                 s.meta_actions.append(d.meta)
             if d is not None and d.choice >= 1:
                 j = d.choice
+                # The draft about to be overwritten in the slot, copied off the host array it already sits in.
+                draft = np.array(tokens[b, :int(length[b])], np.int32)
+                s.drafts.append(T.Draft(draft, list(s.turns), status, answer))
                 keep = s.turns[j - 1].start  # response tokens before the flawed turn (with their tool outputs)
                 s.turns = s.turns[: j - 1]
                 s.turn_start = keep
@@ -525,6 +529,7 @@ class RolloutEngine:
             traj = self._trajectory(s.job_index, s.job, tokens[b, :n], logprobs[b, :n], loss_mask[b, :n], s.turns,
                                     status, answer)
             traj.meta_actions, traj.cut_steps, traj.kept_tokens = s.meta_actions, s.cut_steps, s.kept_tokens
+            traj.drafts = s.drafts
             done.append((b, traj))
         return state, done, revise, pending
 

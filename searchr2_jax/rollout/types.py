@@ -66,6 +66,18 @@ class MetaAction:
 
 
 @dataclasses.dataclass
+class Draft:
+    """A response as it stood when the Meta-Refiner revised it. Its turns from the cut on were discarded and
+    regenerated; the tokens before the cut are the final trajectory's too. Kept for inspection only (the dumps of
+    rollout/dump.py): nothing trains on it."""
+
+    response_ids: np.ndarray  # [n] int32; `turns` index into it
+    turns: list[Turn]
+    status: str
+    answer: str | None = None
+
+
+@dataclasses.dataclass
 class Trajectory:
     job_index: int
     job: Job
@@ -78,6 +90,7 @@ class Trajectory:
     meta_actions: list[MetaAction] = dataclasses.field(default_factory=list)
     cut_steps: list[int] = dataclasses.field(default_factory=list)  # the turn each revision restarted from
     kept_tokens: list[int] = dataclasses.field(default_factory=list)  # prefix tokens kept at each revision
+    drafts: list[Draft] = dataclasses.field(default_factory=list)  # the response before each revision
 
     @property
     def searches(self) -> list[Turn]:

@@ -133,6 +133,18 @@ def extract_answer(response_text: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
+_THINK_RE = re.compile(re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE), re.DOTALL)
+
+
+def extract_thought(turn_text: str) -> str | None:
+    """The reasoning of one assistant turn: its `<think>…</think>` contents, stripped (several are joined by a blank
+    line); None when the turn has no closed `<think>` block."""
+    if not isinstance(turn_text, str):
+        return None
+    parts = [m.strip() for m in _THINK_RE.findall(turn_text)]
+    return "\n\n".join(parts) if parts else None
+
+
 def render_information(passages: Sequence[Passage]) -> str:
     """Search-R1's observation for a search turn: `\\n\\n<information>{docs}</information>\\n\\n` (docs stripped)."""
     return "\n\n" + INFO_OPEN + format_passages(passages).strip() + INFO_CLOSE + "\n\n"

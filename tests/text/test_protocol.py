@@ -90,6 +90,13 @@ def test_extract_answer_ignores_prompt_and_long_text():
     assert P.extract_answer(None) is None and P.parse_turn(None).status == "invalid"
 
 
+def test_extract_thought_reads_the_think_blocks_of_a_turn():
+    assert P.extract_thought("<think> find X </think>\n<search> X </search>") == "find X"
+    assert P.extract_thought("<think>a</think> b <think> c </think><answer> d </answer>") == "a\n\nc"
+    assert P.extract_thought("<think> never closed <search> X </search>") is None
+    assert P.extract_thought("<search> X </search>") is None and P.extract_thought(None) is None
+
+
 def test_render_information_and_observations():
     ps = [Passage("1", "Paris", "Paris is the capital of France."), Passage("2", "Lyon", "Lyon is a city.")]
     info = P.render_information(ps)
