@@ -78,7 +78,11 @@ def base_config() -> ml_collections.ConfigDict:
         steps=300, prompts_per_step=512, micro_batches=1, log_every=1, eval_every=50, ckpt_every=50,
         keep_checkpoints=3, progress=True,
         # Every N RL steps (0 = never), with the refiner on: the Prop. 4.1 / 4.2 terms on this many training prompts.
-        diagnostics_every=0, diagnostics_prompts=32))
+        diagnostics_every=0, diagnostics_prompts=32,
+        # Trajectory dumps for launch/view.py (rollout/dump.py): every N RL steps and at the last, dump_rows of that
+        # step's trajectories (whole GRPO groups; 0 = all) to WORKDIR/trajectories/train_step{N}.jsonl, and every
+        # evaluation's trajectories to eval_step{N}.jsonl. 0 = no dumps at all. Host-side, after the step.
+        dump_every=10, dump_rows=32))
     # chip / devices: the accelerator a config is sized for (a key of models/sharding.CHIP_HBM_BYTES) and how many of
     # them; the memory suite (`launch/benchmark.py --suite=memory`) compiles the config's programs on that mesh and
     # checks them against the chip's memory. "" / 0: not sized for a pod (runs on whatever devices are there).

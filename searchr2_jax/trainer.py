@@ -34,6 +34,7 @@ from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rl import judges, rewards
 from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, token_values
+from searchr2_jax.rollout import dump as dump_lib
 from searchr2_jax.rollout import types as T
 from searchr2_jax.rollout.refiner import MetaRefiner
 from searchr2_jax.rollout.rollout import RolloutEngine
@@ -99,6 +100,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         raise ConfigError(f"train.ckpt_every={tr.ckpt_every}: must be >= 1")
     if tr.log_every < 1:
         raise ConfigError(f"train.log_every={tr.log_every}: must be >= 1")
+    if tr.dump_every < 0 or tr.dump_rows < 0:
+        raise ConfigError(f"train.dump_every={tr.dump_every}, train.dump_rows={tr.dump_rows}: must be >= 0")
     if _files(config.data.train_files):
         # Real QA data: no synthetic world, so no world tokenizer, no demonstrations and no oracle judge.
         if config.model.tokenizer == "world":
@@ -339,6 +342,7 @@ class Trainer:
         reward = np.asarray([rewards.hybrid_reward(e, u, m, outcome_only=self.config.reward.outcome_only)
                              for e, u, m in zip(em, useful, searches)], np.float32)
         density = np.where(searches > 0, useful / np.maximum(searches, 1), 0.0)
+        self.reward_terms = rewards.RewardTerms(em, useful, reward)  # for the trajectory dumps
         metrics = dict(out.metrics, **{"reward/mean": reward.mean(), "reward/em": em.mean(), "reward/f1": f1.mean(),
                                        "reward/density": density.mean()}, **self.judge.stats())
         return trajs, reward, _across_processes(metrics)
@@ -483,9 +487,18 @@ class Trainer:
                 last = self.writer.write(step, metrics)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
                                  if k in ("sft/nll", "train/loss", "reward/mean", "reward/em")})
+            dump = c.train.dump_every > 0
+            if dump and rl_step > 0 and (rl_step % c.train.dump_every == 0 or step == total):
+                dump_lib.write_dump(self.workdir, "train", step, trajs, self.tokenizer, self.reward_terms,
+                                    rows=c.train.dump_rows, seed=c.seed)
             if c.train.eval_every > 0 and rl_step > 0 and (rl_step % c.train.eval_every == 0 or step == total):
-                table = eval_lib.evaluate(self.eval_engine, self.local_params(), self.eval_examples,
-                                          jax.random.fold_in(self.eval_rng, step), chat=c.model.chat)
+                eval_trajs = eval_lib.rollouts(self.eval_engine, self.local_params(), self.eval_examples,
+                                               jax.random.fold_in(self.eval_rng, step), chat=c.model.chat)
+                recs = eval_lib.trajectory_records(self.eval_examples, eval_trajs)
+                table = eval_lib.summarize(recs)
+                if dump:
+                    dump_lib.write_dump(self.workdir, "eval", step, eval_trajs, self.tokenizer,
+                                        rewards.RewardTerms([r["em"] for r in recs]))
                 last.update(self.writer.write(step, table))
                 logging.info("step %d eval\n%s", step, eval_lib.format_table(table))
             if step % c.train.ckpt_every == 0 or step == total:

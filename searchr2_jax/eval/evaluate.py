@@ -36,16 +36,27 @@ def score(trajectories: Sequence[Trajectory]) -> tuple[np.ndarray, np.ndarray]:
     return em, f1
 
 
+def rollouts(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: jax.Array, chat: bool = False,
+             batch_size: int = 64) -> list[Trajectory]:
+    """Greedy Actor-only trajectories (refiner off), one per question, in order."""
+    out = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        out.extend(engine.run(params, make_jobs(chunk, engine.tokenizer, chat), rng, greedy=True,
+                              use_refiner=False).trajectories)
+    return out
+
+
 def records(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: jax.Array, chat: bool = False,
             batch_size: int = 64) -> list[dict]:
     """One record per question, greedy Actor-only rollouts: id, data source, hop count (synthetic world), EM, F1,
     searches, generated response tokens, status and answer."""
-    out = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        run = engine.run(params, make_jobs(chunk, engine.tokenizer, chat), rng, greedy=True, use_refiner=False)
-        out.extend(_records(chunk, run.trajectories, [t.answer for t in run.trajectories]))
-    return out
+    return trajectory_records(examples, rollouts(engine, params, examples, rng, chat, batch_size))
+
+
+def trajectory_records(examples: Sequence[QAExample], trajectories: Sequence[Trajectory]) -> list[dict]:
+    """`records` of trajectories already rolled out for `examples` (in order)."""
+    return _records(examples, trajectories, [t.answer for t in trajectories])
 
 
 def _record(ex: QAExample, answer: str | None, searches: int, response_tokens: int, status: str) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -93,6 +93,16 @@ def hybrid_reward(em: float, useful: float, num_searches: int, outcome_only: boo
         return em
     density = min(max(float(useful), 0.0), float(num_searches)) / num_searches
     return em * (1.0 + density)
+
+
+class RewardTerms(NamedTuple):
+    """A batch's reward term by term, [N] each, as the trainer computed it (kept for the trajectory dumps):
+    EM, the judge's count of useful searches (None where no judge counted, e.g. evaluation) and R (None where no
+    reward was computed). M, the number of searches, is each trajectory's own."""
+
+    em: Sequence[float]
+    useful: Sequence[float] | None = None
+    total: Sequence[float] | None = None
 
 
 def hybrid_rewards(em: Sequence[float], useful: Sequence[float], num_searches: Sequence[int],
