@@ -117,7 +117,12 @@ def test_quick_experiment_writes_its_outputs_and_resumes_an_interrupted_arm(tmp_
         assert 0.0 <= s[f"headroom_{k}"] <= 1.0
     assert s["headroom_sampled_em_on_failures"] <= s["headroom_pass_at_group"]
     assert set(s["goals"]) == {"rl_works", "search_beats_direct_3x", "search_beats_rag_multihop",
-                               "search_r2_vs_r1_1p10"}
+                               "search_r2_vs_r1_1p10", "search_r1_gain_beyond_interval",
+                               "search_r2_gain_beyond_interval"}
+    for arm in ("search_r1", "search_r2"):  # the gain over the warm start, on the same questions
+        lo, hi = s[f"{arm}_gain_ci95"]
+        assert lo <= s[f"{arm}_gain"] <= hi
+        assert s[f"{arm}_gain"] == pytest.approx(s[f"{arm}_em"] - s["warm_start_em"])
     assert s["settings"]["seeds"] == [0, 1] and s["deviations"]
     assert "| search_r2 |" in (out / "table.md").read_text()
     assert (out / "curves.png").stat().st_size > 10_000

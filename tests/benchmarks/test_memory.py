@@ -9,6 +9,7 @@ from jax.sharding import AbstractMesh
 from searchr2_jax.benchmarks import memory
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.rl import state as state_lib
+from searchr2_jax.rl.train_step import make_train_step
 from searchr2_jax.trainer import jit_train_step
 
 
@@ -68,7 +69,7 @@ def test_train_step_on_the_mesh_matches_one_device():
     host = jax.tree.map(lambda s: memory._fake(s, model_cfg.vocab_size), abstract)
     host = host._replace(advantages=rng.normal(size=host.advantages.shape).astype(np.float32),
                          loss_mask=(rng.random(host.loss_mask.shape) < 0.7).astype(np.float32))
-    one = jax.jit(memory.make_train_step(model_cfg, config.rl.loss, optimizer, config.train.micro_batches))
+    one = jax.jit(make_train_step(model_cfg, config.rl.loss, optimizer, config.train.micro_batches))
     new1, metrics1 = one(state, host)
     shardings = sharding.tree_shardings(state, mesh)
     sharded = jit_train_step(config, model_cfg, mesh, shardings, optimizer)  # donates the state
