@@ -8,15 +8,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax.numpy as jnp
 
-# HF architecture name -> (attention bias on q/k/v, RMSNorm on q and k per head).
+class Architecture(NamedTuple):
+    """Which optional modules an HF architecture builds, as its transformers implementation does."""
+
+    model_type: str
+    qkv_bias: bool  # q/k/v biases whatever `attention_bias` says (Qwen2)
+    out_bias: bool  # o_proj gets a bias whenever q/k/v do (Llama, Qwen3 under `attention_bias`; never Qwen2)
+    qk_norm: bool  # RMSNorm on q and k per head (Qwen3)
+    mlp_bias: bool  # `mlp_bias` is honoured: gate/up/down biases (Llama)
+
+
 ARCHITECTURES = {
-    "LlamaForCausalLM": (False, False),
-    "Qwen2ForCausalLM": (True, False),
-    "Qwen3ForCausalLM": (False, True),
+    "LlamaForCausalLM": Architecture("llama", qkv_bias=False, out_bias=True, qk_norm=False, mlp_bias=True),
+    "Qwen2ForCausalLM": Architecture("qwen2", qkv_bias=True, out_bias=False, qk_norm=False, mlp_bias=False),
+    "Qwen3ForCausalLM": Architecture("qwen3", qkv_bias=False, out_bias=True, qk_norm=True, mlp_bias=False),
 }
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -42,7 +51,9 @@ class DecoderConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 2048
+    # Biases on q/k/v, and on o_proj where the architecture has one (`out_bias`).
     attention_bias: bool = False
+    mlp_bias: bool = False  # biases on gate/up/down (Llama only)
     qk_norm: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | tuple | None = None
@@ -60,6 +71,10 @@ class DecoderConfig:
             raise ConfigError(
                 f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}"
             )
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture={self.architecture!r}; expected one of {sorted(ARCHITECTURES)}")
+        if self.mlp_bias and not ARCHITECTURES[self.architecture].mlp_bias:
+            raise ConfigError(f"mlp_bias=True: {self.architecture} has no MLP biases")
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
@@ -73,6 +88,11 @@ class DecoderConfig:
         return _DTYPES[self.param_dtype]
 
     @property
+    def out_bias(self) -> bool:
+        """Whether o_proj carries a bias: with `attention_bias`, where the architecture gives it one."""
+        return self.attention_bias and ARCHITECTURES[self.architecture].out_bias
+
+    @property
     def rope_scaling_dict(self) -> dict | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
@@ -83,8 +103,9 @@ class DecoderConfig:
         d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
         if self.attention_bias:
-            attn += hd * (self.num_heads + 2 * self.num_kv_heads)
-        per_layer = attn + 3 * d * f + 2 * d + (2 * hd if self.qk_norm else 0)
+            attn += hd * (self.num_heads + 2 * self.num_kv_heads) + (d if self.out_bias else 0)
+        mlp = 3 * d * f + (2 * f + d if self.mlp_bias else 0)
+        per_layer = attn + mlp + 2 * d + (2 * hd if self.qk_norm else 0)
         embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + embed + d
 
@@ -94,14 +115,14 @@ class DecoderConfig:
     def from_hf(cls, hf: Mapping[str, Any], source: str = "config.json", **overrides) -> "DecoderConfig":
         """Reads an HF `config.json` dict. Unknown architectures and missing required fields fail naming them."""
         archs = hf.get("architectures") or []
-        arch = archs[0] if archs else {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                                       "qwen3": "Qwen3ForCausalLM"}.get(hf.get("model_type", ""))
+        by_type = {a.model_type: name for name, a in ARCHITECTURES.items()}
+        arch = archs[0] if archs else by_type.get(hf.get("model_type", ""))
         if arch not in ARCHITECTURES:
             raise ConfigError(
                 f"{source}: architecture {arch or hf.get('model_type')!r} is not supported; "
                 f"supported: {sorted(ARCHITECTURES)}"
             )
-        default_bias, qk_norm = ARCHITECTURES[arch]
+        spec = ARCHITECTURES[arch]
 
         def need(key):
             if key not in hf or hf[key] is None:
@@ -137,8 +158,10 @@ class DecoderConfig:
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-            attention_bias=bool(hf.get("attention_bias", default_bias)) or default_bias,
-            qk_norm=qk_norm,
+            attention_bias=spec.qkv_bias or bool(hf.get("attention_bias", False)),
+            # Only where the architecture reads `mlp_bias`: transformers ignores it elsewhere, and so do we.
+            mlp_bias=spec.mlp_bias and bool(hf.get("mlp_bias", False)),
+            qk_norm=spec.qk_norm,
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         )
@@ -158,10 +181,9 @@ class DecoderConfig:
         return cls.from_hf(hf, source=file, **overrides)
 
     def to_hf(self) -> dict:
-        model_type = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
         hf = {
             "architectures": [self.architecture],
-            "model_type": model_type[self.architecture],
+            "model_type": ARCHITECTURES[self.architecture].model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_layers,
@@ -175,6 +197,7 @@ class DecoderConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "max_position_embeddings": self.max_position_embeddings,
             "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
             "hidden_act": "silu",
             "torch_dtype": self.param_dtype,
         }

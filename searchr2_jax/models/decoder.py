@@ -4,15 +4,19 @@ Parameters (a plain dict; layers stacked on axis 0 and scanned):
 
     embed        [V, D]
     layers/attn_norm [L, D]        layers/mlp_norm [L, D]
-    layers/wq    [L, D, H*hd]      layers/bq [L, H*hd]    (attention_bias: Qwen2)
+    layers/wq    [L, D, H*hd]      layers/bq [L, H*hd]    (attention_bias: Qwen2, or Llama/Qwen3 configs)
     layers/wk    [L, D, K*hd]      layers/bk [L, K*hd]
     layers/wv    [L, D, K*hd]      layers/bv [L, K*hd]
-    layers/wo    [L, H*hd, D]
+    layers/wo    [L, H*hd, D]      layers/bo [L, D]       (cfg.out_bias: attention_bias outside Qwen2)
     layers/q_norm [L, hd]          layers/k_norm [L, hd]   (qk_norm: Qwen3)
     layers/w_gate [L, D, F]  layers/w_up [L, D, F]  layers/w_down [L, F, D]
+    layers/b_gate [L, F]     layers/b_up [L, F]     layers/b_down [L, D]   (mlp_bias: Llama configs)
     final_norm   [D]
     lm_head      [D, V]            (untied embeddings only)
     value_head   {w: [D], b: []}   (critic only)
+
+A bias is named after its weight (`wq` -> `bq`, `w_up` -> `b_up`) and exists only where the config asks for it, so
+configs without biases keep the same pytree.
 
 Generation may take the layers' matrices per layer instead (`per_layer_weights`, read through `Picked` like the KV
 cache's per-layer buffers); every other use takes the stacked form.
@@ -63,6 +67,10 @@ def init_params(cfg: DecoderConfig, rng: jax.Array, std: float = 0.02) -> dict:
     }
     if cfg.attention_bias:
         layers.update(bq=normal((L, qd)), bk=normal((L, kd)), bv=normal((L, kd)))
+    if cfg.out_bias:
+        layers.update(bo=normal((L, d)))
+    if cfg.mlp_bias:
+        layers.update(b_gate=normal((L, f)), b_up=normal((L, f)), b_down=normal((L, d)))
     if cfg.qk_norm:
         layers.update(q_norm=jnp.ones((L, hd), dt), k_norm=jnp.ones((L, hd), dt))
     params = {"embed": normal((cfg.vocab_size, d)), "layers": layers, "final_norm": jnp.ones((d,), dt)}
@@ -185,12 +193,15 @@ def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, attend):
     b, t, d = h.shape
     dt = cfg.jnp_dtype
     p = {k: w if isinstance(w, Picked) else w.astype(dt) for k, w in p.items()}  # Picked: cast by per_layer_weights
-    mm = lambda x, w: _product("nd,df->nf", x, w) if isinstance(w, Picked) else x @ w
+
+    def linear(x, w: str):  # HF's nn.Linear: weight `w...` and, where the config has one, its bias `b...`
+        y = _product("nd,df->nf", x, p[w]) if isinstance(p[w], Picked) else x @ p[w]
+        bias = "b" + w[1:]
+        return y + p[bias] if bias in p else y
+
     # Projections on [B*T, D]: XLA:CPU's gradient of a 3-D activation times a 2-D weight is ~1.7x slower.
     x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps).reshape(b * t, d)
-    q, k, v = mm(x, p["wq"]), mm(x, p["wk"]), mm(x, p["wv"])
-    if cfg.attention_bias:
-        q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
+    q, k, v = linear(x, "wq"), linear(x, "wk"), linear(x, "wv")
     q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
@@ -199,9 +210,9 @@ def _layer(cfg: DecoderConfig, inv_freq, h, p, positions, attend):
         k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    h = h + mm(attend(q, k, v).reshape(b * t, -1), p["wo"]).reshape(b, t, d)
+    h = h + linear(attend(q, k, v).reshape(b * t, -1), "wo").reshape(b, t, d)
     x = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, d)
-    h = h + mm(jax.nn.silu(mm(x, p["w_gate"])) * mm(x, p["w_up"]), p["w_down"]).reshape(b, t, d)
+    h = h + linear(jax.nn.silu(linear(x, "w_gate")) * linear(x, "w_up"), "w_down").reshape(b, t, d)
     return h, (k, v)
 
 

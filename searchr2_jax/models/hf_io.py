@@ -3,6 +3,9 @@
 Loading reads one tensor at a time from memory-mapped safetensors and places it straight into its target sharding
 (`jax.make_array_from_callback` asks each device for its own slice), so no host ever holds a full copy per device.
 Every tensor is checked against the shape the config implies; a mismatch or a missing tensor names the tensor.
+Every tensor in the checkpoint must also be one the config uses: a tensor that would be left unread (say
+`o_proj.bias` under a config without `attention_bias`) fails the load naming it and its file, since the model would
+otherwise silently compute something other than the checkpoint. Saving writes back every tensor loading reads.
 The embedding is never resized to a tokenizer's vocabulary (Qwen pads it; extra rows simply stay).
 """
 
@@ -36,12 +39,17 @@ _LAYER_MAP = [
     ("bq", "self_attn.q_proj.bias", False),
     ("bk", "self_attn.k_proj.bias", False),
     ("bv", "self_attn.v_proj.bias", False),
+    ("bo", "self_attn.o_proj.bias", False),
     ("q_norm", "self_attn.q_norm.weight", False),
     ("k_norm", "self_attn.k_norm.weight", False),
     ("w_gate", "mlp.gate_proj.weight", True),
     ("w_up", "mlp.up_proj.weight", True),
     ("w_down", "mlp.down_proj.weight", True),
+    ("b_gate", "mlp.gate_proj.bias", False),
+    ("b_up", "mlp.up_proj.bias", False),
+    ("b_down", "mlp.down_proj.bias", False),
 ]
+_MAX_NAMED = 5  # unconsumed tensors named in an error; the count says how many more
 
 
 def param_shapes(cfg: DecoderConfig) -> dict:
@@ -52,12 +60,34 @@ def param_shapes(cfg: DecoderConfig) -> dict:
 
 
 def _layer_keys(cfg: DecoderConfig) -> list[tuple[str, str, bool]]:
-    skip = set()
-    if not cfg.attention_bias:
-        skip |= {"bq", "bk", "bv"}
-    if not cfg.qk_norm:
-        skip |= {"q_norm", "k_norm"}
-    return [m for m in _LAYER_MAP if m[0] not in skip]
+    """The rows of _LAYER_MAP for the layer parameters `init_params` builds for this config (and only those)."""
+    present = param_shapes(cfg)["layers"]
+    return [m for m in _LAYER_MAP if m[0] in present]
+
+
+def hf_shapes(cfg: DecoderConfig) -> dict[str, tuple]:
+    """HF tensor name -> shape, for exactly the tensors a checkpoint of `cfg` holds."""
+    shapes = param_shapes(cfg)
+    out = {"model.embed_tokens.weight": shapes["embed"], "model.norm.weight": shapes["final_norm"]}
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = shapes["lm_head"][::-1]
+    for key, suffix, transpose in _layer_keys(cfg):
+        per_layer = shapes["layers"][key][1:]
+        for i in range(cfg.num_layers):
+            out[f"model.layers.{i}.{suffix}"] = per_layer[::-1] if transpose else per_layer
+    return out
+
+
+def unconsumed_message(names, cfg: DecoderConfig, where: str) -> str:
+    """The error for checkpoint tensors `cfg` would not read: the first few names, the count, and a hint for biases."""
+    names = sorted(names)
+    more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
+    hint = ""
+    if any(n.endswith(".bias") for n in names):
+        hint = (f"; biases are read only where config.json asks for them (this config: {cfg.architecture}, "
+                f"attention_bias={cfg.attention_bias}, mlp_bias={cfg.mlp_bias})")
+    return (f"{where}: {len(names)} tensor(s) that the config does not use, e.g. {names[:_MAX_NAMED]}{more}{hint}; "
+            "loading would silently drop them")
 
 
 class _TensorSource:
@@ -75,6 +105,7 @@ class _TensorSource:
                 self.files = {name: single for name in f.keys()}
         else:
             raise CheckpointError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
+        self.path = path
         self._handles = {}
 
     def names(self):
@@ -82,7 +113,7 @@ class _TensorSource:
 
     def get(self, name: str) -> np.ndarray:
         if name not in self.files:
-            raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
+            raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         file = self.files[name]
         if file not in self._handles:
             self._handles[file] = safe_open(file, "np")
@@ -109,6 +140,7 @@ def load_params(
     cfg = cfg or DecoderConfig.from_pretrained(path)
     dtype = dtype or cfg.jnp_param_dtype
     src = _TensorSource(path)
+    _check_all_consumed(src, cfg)
     shapes = param_shapes(cfg)
 
     def place(key_path: tuple, host: Callable[[], np.ndarray]):
@@ -151,6 +183,18 @@ def load_params(
     if cfg.value_head:
         params["value_head"] = {"w": jnp.zeros((cfg.hidden_size,), dtype), "b": jnp.zeros((), dtype)}
     return cfg, params
+
+
+def _check_all_consumed(src: _TensorSource, cfg: DecoderConfig) -> None:
+    """Raises CheckpointError naming the tensors of `src` that loading `cfg` would leave unread (before any is read)."""
+    unused = set(src.names()) - set(hf_shapes(cfg))
+    # Tied checkpoints sometimes store the head as well; an exact copy of the embedding is checked, so consumed.
+    if cfg.tie_word_embeddings and "lm_head.weight" in unused:
+        if np.array_equal(src.get("lm_head.weight"), src.get("model.embed_tokens.weight")):
+            unused.discard("lm_head.weight")
+    if unused:
+        files = sorted({os.path.basename(src.files[n]) for n in unused})
+        raise CheckpointError(unconsumed_message(unused, cfg, f"{src.path} ({', '.join(files)})"))
 
 
 def _lookup(tree, key_path):

@@ -108,8 +108,8 @@ DECODER_RULES: tuple[tuple[str, P], ...] = (
     (r"(^|/)lm_head$", P("fsdp", "tensor")),
     (r"(^|/)layers/(wq|wk|wv|w_gate|w_up)$", P(None, "fsdp", "tensor")),
     (r"(^|/)layers/(wo|w_down)$", P(None, "tensor", "fsdp")),
-    (r"(^|/)layers/(bq|bk|bv)$", P(None, "tensor")),
-    (r"(^|/)layers/(attn_norm|mlp_norm|q_norm|k_norm)$", P(None, None)),
+    (r"(^|/)layers/(bq|bk|bv|b_gate|b_up)$", P(None, "tensor")),  # the output axis of their weights
+    (r"(^|/)layers/(attn_norm|mlp_norm|q_norm|k_norm|bo|b_down)$", P(None, None)),
     (r"(^|/)final_norm$", P(None)),
     (r"(^|/)value_head/", P()),
     (r".*", P()),  # catch-all (optimizer counts, anything new): replicated, and logged when it is big

@@ -29,6 +29,15 @@ HF_CONFIGS = {
     # q/k RMSNorm, head_dim != hidden/heads, untied
     "qwen3_qknorm": dict(BASE, architectures=["Qwen3ForCausalLM"], model_type="qwen3", num_key_value_heads=2,
                          head_dim=32, tie_word_embeddings=False, rope_theta=1000000.0),
+    # q/k/v and o_proj biases (Llama's attention_bias), GQA, tied
+    "llama_attention_bias": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", num_key_value_heads=2,
+                                 tie_word_embeddings=True, attention_bias=True),
+    # gate/up/down biases (Llama's mlp_bias), untied
+    "llama_mlp_bias": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", num_key_value_heads=4,
+                           tie_word_embeddings=False, mlp_bias=True),
+    # Qwen3 under attention_bias: o_proj gets a bias too (unlike Qwen2)
+    "qwen3_attention_bias": dict(BASE, architectures=["Qwen3ForCausalLM"], model_type="qwen3", num_key_value_heads=2,
+                                 head_dim=16, tie_word_embeddings=True, attention_bias=True),
 }
 
 

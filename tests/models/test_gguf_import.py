@@ -120,3 +120,90 @@ def test_a_damaged_folder_fails_validation_naming_the_problem(folder, tmp_path):
     (broken / gguf_import.SOURCE_FILE).unlink()
     with pytest.raises(gguf_import.GGUFError, match=f"{broken}: {gguf_import.SOURCE_FILE} is missing"):
         gguf_import.validate_folder(str(broken))
+
+
+# ------------------------------------------------------------------------------------------------ tiny GGUFs
+
+
+def _llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf permutation of Q/K rows (weights and biases): halves -> interleaved pairs."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _write_gguf(path, cfg, hf_tensors: dict, extra: dict | None = None) -> str:
+    """A GGUF as llama.cpp writes a Llama checkpoint: metadata, tensors under GGUF names, Q/K rows permuted."""
+    import gguf
+
+    to_gguf = {v: k for k, v in gguf_import._TOP_NAMES.items()}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(cfg.num_layers)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_head_count_kv(cfg.num_kv_heads)
+    writer.add_context_length(cfg.max_position_embeddings)
+    for name, w in hf_tensors.items():
+        if name.startswith("model.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            block = {v: k for k, v in gguf_import._BLOCK_NAMES.items()}[rest]
+            if block.startswith("attn_q."):
+                w = _llama_cpp_permute(w, cfg.num_heads)
+            elif block.startswith("attn_k."):
+                w = _llama_cpp_permute(w, cfg.num_kv_heads)
+            writer.add_tensor(f"blk.{layer}.{block}", np.ascontiguousarray(w, np.float32))
+        else:
+            writer.add_tensor(to_gguf[name], np.ascontiguousarray(w, np.float32))
+    for name, w in (extra or {}).items():
+        writer.add_tensor(name, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def _biased_llama():
+    import jax
+
+    from searchr2_jax.models import decoder, hf_io
+
+    cfg = DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                        intermediate_size=48, attention_bias=True, mlp_bias=True)
+    return cfg, hf_io.to_hf_tensors(cfg, decoder.init_params(cfg, jax.random.key(3)))
+
+
+def test_gguf_bias_tensors_become_a_biased_llama(tmp_path):
+    cfg, tensors = _biased_llama()
+    path = _write_gguf(tmp_path / "biased.gguf", cfg, tensors)
+    reader = gguf_import._open(path)
+    hf = gguf_import.hf_config(reader, path)
+    assert hf["attention_bias"] is True and hf["mlp_bias"] is True
+    converted = gguf_import.hf_tensors(reader, path, hf)
+    assert sorted(converted) == sorted(tensors) and sum(k.endswith(".bias") for k in converted) == 2 * 7
+    for name, w in tensors.items():  # q/k weights and biases un-permuted back to HF's layout
+        np.testing.assert_array_equal(converted[name], w, err_msg=name)
+
+
+@pytest.mark.parametrize("extra, count, names", [
+    ({"blk.0.attn_q_norm.weight": np.ones(8, np.float32)}, 1, ["blk.0.attn_q_norm.weight"]),
+    ({"blk.2.attn_norm.weight": np.ones(32, np.float32), "blk.2.ffn_norm.weight": np.ones(32, np.float32)}, 2,
+     ["blk.2.attn_norm.weight", "blk.2.ffn_norm.weight"]),  # a block beyond block_count
+    ({"rope_factors_long.weight": np.ones(4, np.float32)}, 1, ["rope_factors_long.weight"]),
+])
+def test_gguf_tensors_without_a_counterpart_fail_naming_them(tmp_path, extra, count, names):
+    cfg, tensors = _biased_llama()
+    path = _write_gguf(tmp_path / "extra.gguf", cfg, tensors, extra)
+    reader = gguf_import._open(path)
+    with pytest.raises(gguf_import.GGUFError) as e:
+        gguf_import.hf_tensors(reader, path, gguf_import.hf_config(reader, path))
+    assert str(e.value).startswith(f"{path}: {count} tensor(s) that the config does not use")
+    assert all(repr(n) in str(e.value) for n in names)
+
+
+def test_gguf_with_only_some_biases_names_the_missing_ones(tmp_path):
+    cfg, tensors = _biased_llama()
+    del tensors["model.layers.1.self_attn.o_proj.bias"]
+    path = _write_gguf(tmp_path / "partial.gguf", cfg, tensors)
+    reader = gguf_import._open(path)
+    with pytest.raises(gguf_import.GGUFError, match=r"1 tensors missing, e.g. \['model.layers.1.self_attn.o_proj"):
+        gguf_import.hf_tensors(reader, path, gguf_import.hf_config(reader, path))

@@ -103,6 +103,30 @@ def test_unmatched_parameter_names_it():
     assert specs[1]["count"] == P()
 
 
+def test_every_bias_and_norm_matches_a_named_rule_and_shards_like_its_weight(tmp_path):
+    """Every parameter of configs with every optional module matches a rule before the catch-all; the biased model
+    placed by those rules (and loaded from HF into them) computes what it does on one device."""
+    mesh = sh.make_mesh((2, 2, 2))
+    named = [r for r in sh.DECODER_RULES if r[0] != r".*"]
+    llama = CFG.replace(architecture="LlamaForCausalLM", attention_bias=True, mlp_bias=True, value_head=True)
+    qwen3 = CFG.replace(architecture="Qwen3ForCausalLM", attention_bias=True, qk_norm=True)
+    for cfg in (llama, qwen3):
+        sh.match_partition_rules(named, sh.abstract_params(cfg), mesh)  # raises naming an unmatched parameter
+    specs = sh.param_specs(llama, mesh)["layers"]
+    assert specs["b_gate"] == specs["b_up"] == specs["bq"] == P(None, "tensor")  # their weights' output axis
+    assert specs["bo"] == specs["b_down"] == P()
+    cfg = llama.replace(value_head=False)
+    params = _params(cfg)
+    ref, _ = decoder.apply(cfg, params, _tokens())
+    hf_io.save_params(str(tmp_path), cfg, params)
+    shardings = sh.param_shardings(cfg, mesh)
+    _, placed = hf_io.load_params(str(tmp_path), cfg, shardings=shardings)
+    assert sh.is_sharded(placed["layers"]["b_up"])
+    logits = jax.jit(lambda p, t: decoder.apply(cfg, p, t)[0], in_shardings=(shardings, sh.batch_sharding(mesh, 2)))(
+        placed, _tokens())
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------------ numerics
 
 
