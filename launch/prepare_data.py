@@ -4,9 +4,11 @@
   python launch/prepare_data.py --out_dir=/tmp/world --num_people=200 --num_questions=500 --vocab_size=2048
   python launch/prepare_data.py --out_dir=/tmp/qa --qa_files=train=nq/train.jsonl,hotpotqa/train.jsonl \
       --qa_files=test=nq/test.jsonl --world=false                          # array_record copy of real QA files
+  python launch/prepare_data.py --out_dir=/tmp/qa --wiki --world=false       # the Wikipedia-summaries QA set
 
 Outputs under --out_dir: `world/{corpus,train,dev,test}.jsonl`, `world/world.json`, `tokenizer/` (HF fast
-tokenizer), `tfds/` (array_record builders: `synthetic` for the world splits, `qa` for --qa_files).
+tokenizer), `tfds/` (array_record builders: `synthetic` for the world splits, `qa` for --qa_files), and with --wiki
+`wikisum/{corpus,train,dev,test}.jsonl` (data/wiki_qa.py: 500 dev and 500 test questions, FlashRAG jsonl).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ _DISTRACTORS = flags.DEFINE_integer("num_distractors", synthetic.WorldConfig.num
 _QUESTIONS = flags.DEFINE_integer("num_questions", synthetic.WorldConfig.num_questions, "Questions in all splits.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 4096, "World tokenizer vocabulary (0: skip the tokenizer).")
 _ARRAY_RECORD = flags.DEFINE_bool("array_record", True, "Also write array_record copies of the QA splits.")
+_WIKI = flags.DEFINE_bool("wiki", False, "Write the Wikipedia-summaries QA set and its corpus (data/wiki_qa.py).")
 _QA_FILES = flags.DEFINE_multi_string(
     "qa_files", [], "SPLIT=path[,path...] of Search-R1 parquet / FlashRAG jsonl files to convert to array_record.")
 
@@ -74,6 +77,10 @@ def main(argv):
             files = {s: [paths[s]] for s in ("train", "dev", "test") if world.splits[s]}
             builder = prepare_array_record("synthetic", files, os.path.join(out, "tfds"), data_source="synthetic")
             summary["synthetic_array_record"] = builder.data_dir
+    if _WIKI.value:
+        from searchr2_jax.data.wiki_qa import prepare_wiki_qa
+
+        summary["wikisum"] = prepare_wiki_qa(os.path.join(out, "wikisum"))
     qa_files = _parse_qa_files(_QA_FILES.value)
     if qa_files:
         builder = prepare_array_record("qa", qa_files, os.path.join(out, "tfds"))

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from searchr2_jax.eval.stats import bootstrap_ci, paired_gain  # noqa: F401 (re-exported for callers)
 from searchr2_jax.variants import VARIANTS, ConfigError, apply_variant
 
 RL_ARMS = (*VARIANTS, "ppo")  # the paper's Table 3 rows, rejection sampling, and PPO (search_r1 with a critic)
@@ -89,27 +90,6 @@ def _eval_config(config: ml_collections.ConfigDict, warm_dir: str) -> ml_collect
 
 
 # ------------------------------------------------------------------------------------------------ statistics
-
-
-def bootstrap_ci(em: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the mean EM by resampling questions; `em` is [questions] or [seeds, questions] (a question's
-    seeds move together, so the interval covers question sampling, not seed noise)."""
-    em = np.atleast_2d(np.asarray(em, np.float64))
-    if em.shape[1] == 0:
-        return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, em.shape[1], size=(n, em.shape[1]))
-    means = em.mean(axis=0)[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def paired_gain(em: np.ndarray, base: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """An arm's EM gain over a baseline on the same questions, with its 95% interval: `em` is [seeds, questions]
-    and `base` [questions]; resampling questions moves both together, which is far tighter than comparing the two
-    unpaired intervals."""
-    diff = np.atleast_2d(np.asarray(em, np.float64)).mean(axis=0) - np.asarray(base, np.float64)
-    lo, hi = bootstrap_ci(diff, n, seed)
-    return float(diff.mean()), lo, hi
 
 
 def arm_figures(name: str, runs: Sequence[Sequence[dict]], n_boot: int, extra: dict | None = None) -> dict:

@@ -15,8 +15,9 @@ CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(R
                       if os.path.basename(p) not in ("__init__.py", "common.py"))
 # Device counts each config is sized for (a new config file must be added here).
 PAPER = {"qwen2p5_7b_r2": 64, "qwen3_8b_r2": 64, "qwen2p5_32b_r2": 128}
-DEVICES = {"smoke": [1], "learning": [1], "main": [1], "smollm2_135m": [1, 2], "synthetic": [1, 2, 8], **{k: [v] for k, v in PAPER.items()}}
-ARGS = {"smollm2_135m": "hf_path=/models/smollm2"}  # skip the GGUF conversion at build time
+DEVICES = {"smoke": [1], "learning": [1], "main": [1], "smollm2_135m": [1, 2], "wiki_smollm2": [1], "synthetic": [1, 2, 8], **{k: [v] for k, v in PAPER.items()}}
+ARGS = {"smollm2_135m": "hf_path=/models/smollm2",  # skip the GGUF conversion at build time
+        "wiki_smollm2": "hf_path=/models/smollm2,data_dir=/data/wikisum"}  # ... and the data preparation
 
 
 def load(name, arg=None):

@@ -6,40 +6,11 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from searchr2_jax import experiment as X
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-
-
-def test_bootstrap_interval_covers_the_mean_and_shrinks_with_questions():
-    rng = np.random.default_rng(0)
-    small = rng.random(50) < 0.4
-    big = rng.random(2000) < 0.4
-    lo, hi = X.bootstrap_ci(small, 500)
-    assert lo <= small.mean() <= hi
-    blo, bhi = X.bootstrap_ci(big, 500)
-    assert bhi - blo < (hi - lo) / 3
-    # seeds of one question move together: two identical seeds give the one-seed interval
-    assert X.bootstrap_ci(np.stack([small, small]), 500) == X.bootstrap_ci(small, 500)
-
-
-def test_paired_gain_is_tighter_than_the_unpaired_intervals():
-    rng = np.random.default_rng(1)
-    base = (rng.random(400) < 0.3).astype(float)
-    arm = base.copy()
-    flip = rng.choice(np.flatnonzero(base == 0), 20, replace=False)
-    arm[flip] = 1.0  # +0.05 on the same questions, nothing lost
-    gain, lo, hi = X.paired_gain(arm[None], base, 500)
-    assert gain == pytest.approx(0.05)
-    assert 0 < lo <= gain <= hi
-    (alo, ahi), (blo, bhi) = X.bootstrap_ci(arm, 500), X.bootstrap_ci(base, 500)
-    assert alo < bhi  # the unpaired intervals overlap, the paired one excludes 0
-    # the arm's seeds are averaged per question before the difference
-    gain2, _, _ = X.paired_gain(np.stack([arm, base]), base, 500)
-    assert gain2 == pytest.approx(0.025)
 
 
 def test_a_shipped_warm_start_must_match_the_settings(tmp_path):

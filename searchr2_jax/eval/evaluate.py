@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from searchr2_jax.data.qa import QAExample
+from searchr2_jax.retrieval.types import format_passages
 from searchr2_jax.rl import rewards
 from searchr2_jax.rollout.rollout import RolloutEngine
 from searchr2_jax.rollout.types import Job, Trajectory
@@ -62,6 +63,7 @@ def trajectory_records(examples: Sequence[QAExample], trajectories: Sequence[Tra
 def _record(ex: QAExample, answer: str | None, searches: int, response_tokens: int, status: str) -> dict:
     return dict(id=ex.id, source=ex.data_source, hops=int((ex.metadata or {}).get("hops", 0)),
                 em=rewards.exact_match(answer, ex.golden_answers), f1=rewards.f1_score(answer, ex.golden_answers),
+                acc=rewards.substring_match(answer, ex.golden_answers),
                 searches=searches, response_tokens=response_tokens, status=status, answer=answer)
 
 
@@ -71,39 +73,100 @@ def _records(examples, trajectories, answers) -> list[dict]:
 
 
 BASELINES = ("direct", "rag")
+METHODS = (*BASELINES, "agent")
+# How the baselines prompt: "protocol" forces the agent's own tags (a model trained only on the protocol, such as the
+# synthetic world's), "flashrag" asks in plain words through the chat template (an instruct model), as FlashRAG's
+# direct-generation and standard-RAG pipelines do for Search-R1's baseline rows.
+PROMPT_STYLES = ("protocol", "flashrag")
+DIRECT_INSTRUCTION = ("Answer the question based on your own knowledge. Only give me the answer and do not output "
+                      "any other words.")
+RAG_INSTRUCTION = ("Answer the question based on the given document. Only give me the answer and do not output any "
+                   "other words.\n\nThe following are given documents.\n\n{reference}")
+
+
+def rag_reference(tokenizer, passages, max_tokens: int) -> str:
+    """The retrieved passages as the agent sees them in an `<information>` block: `Doc i(Title: T) text` lines,
+    cut to the same per-block token cap (`rollout.max_obs_tokens`), so rag and agent read the same text."""
+    ids = list(tokenizer.encode(format_passages(passages).strip(), add_special_tokens=False))[:max_tokens]
+    return tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample], method: str, rng: jax.Array,
-                     retriever=None, k: int = 3, chat: bool = False, batch_size: int = 64) -> list[dict]:
-    """The no-agent baselines, greedy, one answer turn, as `records` writes them:
+                     retriever=None, k: int = 3, chat: bool = False, batch_size: int = 64,
+                     style: str = "protocol") -> list[dict]:
+    """The no-agent baselines, greedy, one answer turn, as `records` writes them.
 
-      direct  the response is forced to open with `<answer>`: the model answers from the question alone;
-      rag     the response is forced to open with one search for the question itself, its top-k passages, then
-              `<answer>`: retrieve-then-read with the agent's own protocol.
+    style="protocol": the response is forced to open with `<answer>` (direct), or with one search for the question
+    itself, its top-k passages and then `<answer>` (rag): retrieve-then-read in the agent's own protocol. `engine`
+    needs room for the forced prefix in its `max_prompt_tokens`; the answer is parsed from the forced prefix and the
+    continuation together.
 
-    `engine` needs room for the forced prefix in its `max_prompt_tokens`. The answer is parsed from the forced
-    prefix and the model's continuation together."""
+    style="flashrag": the question alone (direct), or the top-k passages and the question (rag), under a plain
+    instruction to give only the answer; the reply's first line is the answer (or its `<answer>` span, if it writes
+    one). The reply gets `engine.config.max_obs_tokens` of passages and 32 new tokens."""
     if method not in BASELINES:
         raise ValueError(f"baseline {method!r}: expected one of {BASELINES}")
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"style {style!r}: expected one of {PROMPT_STYLES}")
     if method == "rag" and retriever is None:
         raise ValueError("the rag baseline needs a retriever")
     out = []
     tok = engine.tokenizer
+    one_turn = _one_turn(engine) if style == "protocol" else None
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
+        queries = [protocol.normalize_question(ex.question) for ex in chunk]
+        passages = retriever.search(queries, k) if method == "rag" else [None] * len(chunk)
+        if style == "flashrag":
+            out.extend(_flashrag_records(engine, params, chunk, passages, chat))
+            continue
         if method == "rag":
-            queries = [protocol.normalize_question(ex.question) for ex in chunk]
             prefixes = [f"{protocol.SEARCH_OPEN} {q} {protocol.SEARCH_CLOSE}" + protocol.render_information(p)
-                        + protocol.ANSWER_OPEN for q, p in zip(queries, retriever.search(queries, k))]
+                        + protocol.ANSWER_OPEN for q, p in zip(queries, passages)]
         else:
             prefixes = [protocol.ANSWER_OPEN] * len(chunk)
         jobs = make_jobs(chunk, tok, chat)
         for job, prefix in zip(jobs, prefixes):
             job.prompt_ids = job.prompt_ids + list(tok.encode(prefix, add_special_tokens=False))
-        run = engine.run(params, jobs, rng, greedy=True, use_refiner=False)
+        run = one_turn.run(params, jobs, rng, greedy=True, use_refiner=False)
         answers = [protocol.extract_answer(prefix + tok.decode(list(t.response_ids), skip_special_tokens=False))
                    for prefix, t in zip(prefixes, run.trajectories)]
-        out.extend(_records(chunk, run.trajectories, answers))
+        out.extend(_record(ex, a, 0, int(t.loss_mask.sum()), "answered" if a is not None else t.status)
+                   for ex, t, a in zip(chunk, run.trajectories, answers))
+    return out
+
+
+def _one_turn(engine: RolloutEngine) -> RolloutEngine:
+    """The engine limited to one turn: the forced `<answer>` is in the prompt, so the turn parser would call the
+    reply's bare `... </answer>` an invalid action and give the model another turn."""
+    config = engine.config.copy_and_resolve_references()
+    config.max_turns = 1
+    return RolloutEngine(engine.cfg, engine.tokenizer, None, config, mesh=engine.mesh)
+
+
+FLASHRAG_NEW_TOKENS = 32
+
+
+def _flashrag_records(engine: RolloutEngine, params, chunk, passages, chat: bool) -> list[dict]:
+    from searchr2_jax.rollout.generate import generate
+
+    tok, c = engine.tokenizer, engine.config
+    systems = [DIRECT_INSTRUCTION if p is None else
+               RAG_INSTRUCTION.format(reference=rag_reference(tok, p, c.max_obs_tokens)) for p in passages]
+    users = [f"Question: {protocol.normalize_question(ex.question)}" for ex in chunk]
+    if chat:
+        replies = generate(engine.cfg, params, tok, users, chat=True, system=systems,
+                           max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)
+    else:
+        replies = generate(engine.cfg, params, tok, [f"{s}\n\n{u}\nAnswer:" for s, u in zip(systems, users)],
+                           chat=False, max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)
+    out = []
+    for ex, r in zip(chunk, replies):
+        answer = protocol.extract_answer(r.text)
+        if answer is None:
+            answer = next((line.strip() for line in r.text.splitlines() if line.strip()), "")
+        status = "out_of_budget" if r.status == "out_of_budget" else "answered"
+        out.append(_record(ex, answer, 0, r.num_tokens, status))
     return out
 
 

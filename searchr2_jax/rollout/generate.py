@@ -38,10 +38,14 @@ def chat_text(tokenizer, user: str, system: str | None = None) -> str:
 
 
 def generate(cfg: DecoderConfig, params, tokenizer, prompts: Sequence[str], *, chat: bool = True,
-             system: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0, slots: int = 8, mesh=None) -> list[Reply]:
-    """Replies to `prompts` in order (through the chat template when `chat`)."""
-    texts = [chat_text(tokenizer, p, system) if chat else p for p in prompts]
+             system: str | Sequence[str] | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0, slots: int = 8, mesh=None) -> list[Reply]:
+    """Replies to `prompts` in order (through the chat template when `chat`); `system` is one system message for
+    every prompt or one per prompt."""
+    systems = [system] * len(prompts) if system is None or isinstance(system, str) else list(system)
+    if len(systems) != len(prompts):
+        raise ValueError(f"generate: {len(systems)} system messages for {len(prompts)} prompts")
+    texts = [chat_text(tokenizer, p, s) if chat else p for p, s in zip(prompts, systems)]
     ids = [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
     config = rollout_lib.default_rollout_config()
     config.update(dict(slots=max(1, min(slots, len(ids))), max_turns=1,

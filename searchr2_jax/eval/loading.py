@@ -1,0 +1,99 @@
+"""What an evaluation needs from a config: the Actor's engine and parameters (an HF folder, or a training workdir's
+checkpoint), its retriever behind the disk cache, the eval questions, and the settings recorded beside the table."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import ml_collections
+
+from searchr2_jax.data import qa as qa_lib
+from searchr2_jax.eval import evaluate as eval_lib
+from searchr2_jax.retrieval.cache import CachedRetriever, describe
+from searchr2_jax.retrieval.wiki import default_cache_dir
+from searchr2_jax.rollout.rollout import RolloutEngine
+
+
+@dataclasses.dataclass
+class Agent:
+    engine: RolloutEngine
+    params: object
+    retriever: CachedRetriever
+    model: str  # what was evaluated: the HF folder, or the workdir and step
+    world: object = None  # the synthetic world, when the config has one
+
+
+def _files(spec: str) -> list[str]:
+    return [p.strip() for p in (spec or "").split(",") if p.strip()]
+
+
+def load_agent(config: ml_collections.ConfigDict, workdir: str | None = None, step: int | None = None,
+               cache_dir: str | None = None) -> Agent:
+    """The config's model (`model.hf_path`), or with `workdir` the checkpoint `step` (default: the latest) of a
+    run trained with this config. Its retriever is wrapped in the disk cache (`cache_dir`, default
+    `$SEARCHR2_CACHE/retrieval`)."""
+    cache_dir = cache_dir or os.path.join(default_cache_dir(), "retrieval")
+    if workdir:
+        from searchr2_jax.trainer import Trainer
+
+        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+            raise FileNotFoundError(f"{workdir}: no checkpoints/ (train first with launch/train.py)")
+        trainer = Trainer(config, workdir)
+        try:
+            got = trainer.restore(step)
+        finally:
+            trainer.ckpt.close()
+            trainer.writer.close()
+        if got == 0:
+            raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
+        engine, params, retriever = trainer.eval_engine, trainer.local_params(), trainer.retriever
+        model, world = f"{workdir} step {got}", trainer.world
+    else:
+        if not config.model.hf_path:
+            raise ValueError("model.hf_path is empty: give an HF folder, or --workdir to evaluate a checkpoint")
+        if not _files(config.data.eval_files):
+            raise ValueError("data.eval_files is empty: evaluating an HF model needs QA files (the synthetic world "
+                             "is evaluated from a training workdir)")
+        from searchr2_jax.models import hf_io, sharding
+        from searchr2_jax.models.config import DecoderConfig
+        from searchr2_jax.retrieval.retriever import build_retriever
+        from searchr2_jax.text.tokenizer import load_tokenizer
+
+        m = config.model
+        mesh = sharding.make_mesh(config.mesh, jax.devices())
+        cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, logits_chunk=m.logits_chunk)
+        cfg, params = hf_io.load_params(m.hf_path, cfg, shardings=sharding.param_shardings(cfg, mesh))
+        retriever = build_retriever(config.retrieval)
+        engine = RolloutEngine(cfg, load_tokenizer(m.tokenizer), retriever, config.rollout, None, mesh=mesh)
+        model, world = m.hf_path, None
+    cached = CachedRetriever(retriever, cache_dir, describe(retriever, config.retrieval))
+    engine.retriever = cached
+    return Agent(engine, params, cached, model, world)
+
+
+def eval_examples(config: ml_collections.ConfigDict, limit: int = 0, world=None) -> list[qa_lib.QAExample]:
+    """Every question of each `data.eval_files` file (the first `limit` of each when > 0), or of the synthetic
+    world's `data.eval_split`."""
+    files = _files(config.data.eval_files)
+    if files:
+        return [ex for f in files for ex in (qa_lib.read_qa_file(f)[:limit] if limit else qa_lib.read_qa_file(f))]
+    if world is None:
+        raise ValueError("data.eval_files is empty and there is no synthetic world to evaluate on")
+    split = world.splits[config.data.eval_split]
+    return list(split[:limit] if limit else split)
+
+
+def settings(config: ml_collections.ConfigDict, agent: Agent, style: str, limit: int = 0) -> dict:
+    """Everything that makes two tables comparable (eval/table.EM_SETTINGS) and what was evaluated."""
+    ro, desc = config.rollout, agent.retriever.description
+    return {
+        "model": agent.model, "dtype": config.model.dtype, "chat": bool(config.model.chat),
+        "retriever": {k: v for k, v in desc.items() if k not in ("corpus", "encoder")},
+        "encoder": desc.get("encoder"), "corpus": {"path": config.retrieval.corpus_path, **desc.get("corpus", {})},
+        "k": int(ro.topk), "max_turns": int(ro.max_turns), "max_prompt_tokens": int(ro.max_prompt_tokens),
+        "max_response_tokens": int(ro.max_response_tokens), "max_obs_tokens": int(ro.max_obs_tokens),
+        "baseline_new_tokens": eval_lib.FLASHRAG_NEW_TOKENS if style == "flashrag" else int(ro.max_response_tokens),
+        "decoding": "greedy", "prompt_style": style, "eval_files": _files(config.data.eval_files),
+        "limit_per_file": limit, "refiner": "off (Actor only)"}
