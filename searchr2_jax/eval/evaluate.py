@@ -131,7 +131,8 @@ def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample
         run = one_turn.run(params, jobs, rng, greedy=True, use_refiner=False)
         answers = [protocol.extract_answer(prefix + tok.decode(list(t.response_ids), skip_special_tokens=False))
                    for prefix, t in zip(prefixes, run.trajectories)]
-        out.extend(_record(ex, a, 0, int(t.loss_mask.sum()), "answered" if a is not None else t.status)
+        out.extend(_record(ex, a, int(method == "rag"), int(t.loss_mask.sum()),
+                           "answered" if a is not None else t.status)
                    for ex, t, a in zip(chunk, run.trajectories, answers))
     return out
 
@@ -161,12 +162,12 @@ def _flashrag_records(engine: RolloutEngine, params, chunk, passages, chat: bool
         replies = generate(engine.cfg, params, tok, [f"{s}\n\n{u}\nAnswer:" for s, u in zip(systems, users)],
                            chat=False, max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)
     out = []
-    for ex, r in zip(chunk, replies):
+    for ex, r, p in zip(chunk, replies, passages):
         answer = protocol.extract_answer(r.text)
         if answer is None:
             answer = next((line.strip() for line in r.text.splitlines() if line.strip()), "")
         status = "out_of_budget" if r.status == "out_of_budget" else "answered"
-        out.append(_record(ex, answer, 0, r.num_tokens, status))
+        out.append(_record(ex, answer, int(p is not None), r.num_tokens, status))  # rag: its one retrieval
     return out
 
 

@@ -62,7 +62,7 @@ def test_each_method_answers_as_scripted_and_only_rag_and_agent_search():
     assert [r["em"] for r in direct] == [1.0, 0.0, 1.0, 0.0] and all(r["searches"] == 0 for r in direct)
     assert s.retriever.queries == []
     rag = run_lib.run_chunk(s, "rag", exs, s.rng)
-    assert [r["answer"] for r in rag] == ["beta"] * 4
+    assert [(r["answer"], r["searches"]) for r in rag] == [("beta", 1)] * 4
     assert s.retriever.queries == [f"which capital city is number {i}?" for i in range(4)]  # the question itself, once
     agent = run_lib.run_chunk(s, "agent", exs, s.rng)
     assert [(r["answer"], r["searches"], r["status"]) for r in agent] == [("beta", 1, "answered")] * 4
