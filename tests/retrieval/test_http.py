@@ -337,3 +337,73 @@ def test_client_refuses_bad_arguments():
         client.search("one string", 3)
     with pytest.raises(ValueError, match="k must be >= 1"):
         client.search(["a"], 0)
+
+
+# ------------------------------------------------------------------------------------------------ server limits
+
+
+def test_parse_request_defaults_and_refusals_name_the_field():
+    from searchr2_jax.retrieval.http import RequestRefused, ServerLimits, parse_request
+
+    limits = ServerLimits(max_queries=3, max_topk=5, max_query_chars=10)
+    assert parse_request(b'{"queries": ["a", ""]}', limits, default_topk=2) == (["a", ""], 2, False)
+    assert parse_request(b'{"queries": [], "topk": null, "return_scores": true}', limits) == ([], 3, True)
+    assert parse_request('{"queries": ["caf\u00e9"], "topk": 5}'.encode(), limits) == (["caf\u00e9"], 5, False)
+    cases = {
+        b'{"queries": ["a"], "topk": 6}': r"'topk' must be an integer from 1 to 5 \(max_topk\), got 6",
+        b'{"queries": ["a"], "topk": 0}': r"'topk' must be an integer from 1 to 5 \(max_topk\), got 0",
+        b'{"queries": ["a"], "topk": true}': r"'topk' .* got True",
+        b'{"queries": ["a"], "topk": 2.0}': r"'topk' .* got 2.0",
+        b'{"queries": ["a", "b", "c", "d"]}': r"4 queries in one request; at most 3 \(max_queries\)",
+        b'{"queries": ["a", "01234567890"]}': r"'queries\[1\]' has 11 characters; at most 10 \(max_query_chars\)",
+        b'{"queries": ["a", 7]}': r"'queries\[1\]' must be a string, got int",
+        b'{"topk": 1}': r"'queries' must be a list of strings, got NoneType",
+        b'{"queries": "a"}': r"'queries' must be a list of strings, got str",
+        b'{"queries": ["a"], "return_scores": 1}': r"'return_scores' must be true or false, got int",
+        b'[1]': r"body must be an object .* got list",
+        b'{"queries": [': r"body is not JSON \(JSONDecodeError",
+        b'[' * 100_000: r"body is not JSON \(RecursionError",
+        b'{"queries": ["\xff"]}': r"body is not UTF-8 \(invalid start byte at byte 14\)",
+        b'': r"body is not JSON",
+    }
+    for body, match in cases.items():
+        with pytest.raises(RequestRefused, match=match) as e:
+            parse_request(body, limits)
+        assert e.value.status == 400
+
+
+def test_server_refuses_over_limit_requests_then_answers(bm25_retriever):
+    from searchr2_jax.retrieval.http import ServerLimits
+
+    limits = ServerLimits(max_body_bytes=1000, max_queries=4, max_topk=5, max_query_chars=50)
+    server, url = serve_in_thread(bm25_retriever, limits=limits)
+    try:
+        assert server.server_address[0] == "127.0.0.1"  # loopback by default
+
+        def post(data: bytes, content_type="application/json"):
+            req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": content_type})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        refusals = [
+            (json.dumps({"queries": ["x" * 2000]}).encode(), "application/json", 413, "at most 1000 (max_body_bytes)"),
+            (b'{"queries": ["a"], "topk": 6}', "application/json", 400, "max_topk"),
+            (json.dumps({"queries": ["a"] * 5}).encode(), "application/json", 400, "max_queries"),
+            (json.dumps({"queries": ["y" * 51]}).encode(), "application/json", 400, "max_query_chars"),
+            (b'{"queries": ["a"]}', "text/plain", 415, "Content-Type must be application/json, got 'text/plain'"),
+            (b'{"queries": ["a"]}', "application/x-www-form-urlencoded", 415, "Content-Type must be"),
+        ]
+        client = HttpRetriever(url, timeout_s=5, retries=0)
+        for data, kind, status, reason in refusals:
+            code, body = post(data, kind)
+            assert (code, list(body)) == (status, ["error"]) and reason in body["error"], (code, body)
+            assert client.search(["Saturn"], 2) == bm25_retriever.search(["Saturn"], 2)
+        code, body = post(b'{"queries": ["the planet"], "topk": 5}', "application/json; charset=utf-8")
+        assert code == 200 and [d["id"] for d in body["result"][0]] == [
+            p.id for p in bm25_retriever.search(["the planet"], 5)[0]] and len(body["result"][0]) > 1
+    finally:
+        server.shutdown()
+        server.server_close()
