@@ -7,6 +7,7 @@ slow another) and writes the figures as one JSON object.
 SUITES = {
     "memory": "searchr2_jax.benchmarks.memory",
     "model": "searchr2_jax.benchmarks.model",
+    "reliability": "searchr2_jax.benchmarks.reliability",
     "retrieval": "searchr2_jax.benchmarks.retrieval",
     "rollout": "searchr2_jax.benchmarks.rollout",
     "train": "searchr2_jax.benchmarks.train",

@@ -1,0 +1,177 @@
+"""Reliability benchmark: how the system holds up against hostile or broken inputs, as counts.
+
+    python launch/benchmark.py --suite=reliability --json_out=/tmp/reliability.json
+
+Figures
+  server_fuzz_requests            hostile requests sent by `retrieval.server_fuzz.fuzz_server` to a real
+                                  launch/serve_retrieval.py process (BM25 over a generated corpus), each followed
+                                  by a valid probe (quick: 100 instead of 1,600)
+  server_crashes                  1 if the server stopped answering or its process exited, else 0
+  server_wrong_answers            probes answered with other passages than the same backend in process gives, plus
+                                  hostile requests answered otherwise than with their 4xx and a JSON reason
+  loader_bad_checkpoints_tried    constructed bad HF checkpoints: tensors the config would leave unread (biases
+                                  without their config flag, an extra buffer, an extra layer, an untied head under a
+                                  tied config, an unknown tensor in one shard of an index, ...)
+  loader_unconsumed_tensor_errors how many of them `hf_io.load_params` refused with a CheckpointError naming an
+                                  unread tensor and the file holding it
+  wall_s                          the whole suite
+
+Each group of figures is one function (`server_fuzz_figures`, `loader_figures`) returning its own dict; `run`
+merges them, so further groups (rollout fuzz, kill tests) are added as functions of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from safetensors.numpy import save_file
+
+FUZZ_REQUESTS = 1600  # 100 rounds of the 16 hostile kinds
+QUICK_FUZZ_REQUESTS = 100
+CORPUS_SIZE = 300
+_WORDS = ("river mountain ancient city empire bridge harbor castle desert forest island volcano library museum "
+          "composer painter novel symphony planet comet telescope engine railway canal glacier valley cathedral "
+          "festival market spice silk treaty battle dynasty republic monastery lighthouse orchard vineyard honey "
+          "copper silver marble granite violin opera theater garden").split()
+
+
+# ------------------------------------------------------------------------------------------------ retrieval server
+
+
+def write_corpus(path: str, n: int = CORPUS_SIZE, seed: int = 0) -> list[str]:
+    """A Search-R1 jsonl corpus of `n` generated passages at `path`; returns probe queries that match some of it."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            title = f"{rng.choice(_WORDS).title()} {i}"
+            text = " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(8, 24)))
+            f.write(json.dumps({"id": f"doc{i}", "contents": f'"{title}"\n{text}.'}) + "\n")
+    return [" ".join(rng.sample(_WORDS, 2)) for _ in range(6)] + [""]
+
+
+def server_fuzz_figures(n: int = FUZZ_REQUESTS, seed: int = 0) -> dict:
+    """`n` hostile requests against launch/serve_retrieval.py in a child process, checked against BM25 in process."""
+    from searchr2_jax.retrieval import server_fuzz
+    from searchr2_jax.retrieval.http import ServerLimits
+    from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+
+    # Limits below the defaults keep each oversized request small, so the run stays short; the checks are the same.
+    limits = ServerLimits(max_body_bytes=256 << 10, max_queries=500, max_topk=20, max_query_chars=4000)
+    flags = [f"--max_body_bytes={limits.max_body_bytes}", f"--max_queries={limits.max_queries}",
+             f"--max_topk={limits.max_topk}", f"--max_query_chars={limits.max_query_chars}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.jsonl")
+        probes = write_corpus(corpus, seed=seed)
+        cfg = default_retrieval_config()
+        cfg.backend, cfg.corpus_path = "bm25", corpus
+        reference = build_retriever(cfg)  # what the server builds from the same flags
+        with server_fuzz.server_process(corpus, *flags) as (proc, url):
+            report = server_fuzz.fuzz_server(url, reference, n=n, limits=limits, seed=seed, probes=probes)
+            exited = proc.poll() is not None
+    for failure in report["server_fuzz_failures"]:
+        logging.warning("server fuzz: %s", failure)
+    return {"server_fuzz_requests": report["server_fuzz_requests"],
+            "server_crashes": max(report["server_crashes"], int(exited)),
+            "server_wrong_answers": report["server_wrong_answers"]}
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint loader
+
+
+def _bad_checkpoints():
+    """(name, saved config, config.json config, edit of the tensors, the unread tensor the error must name)."""
+    from searchr2_jax.models.config import DecoderConfig
+
+    llama = DecoderConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                          num_kv_heads=2, head_dim=8)
+    qwen2 = llama.replace(architecture="Qwen2ForCausalLM", attention_bias=True)
+
+    def add(name, shape):
+        return lambda t: t.update({name: np.ones(shape, np.float32)})
+
+    def distinct_head(t):
+        t["lm_head.weight"] = t["model.embed_tokens.weight"] + 1.0
+
+    return [
+        ("attention_bias_without_flag", llama.replace(attention_bias=True), llama, None,
+         "model.layers.0.self_attn.o_proj.bias"),
+        ("mlp_bias_without_flag", llama.replace(mlp_bias=True), llama, None, "model.layers.0.mlp.down_proj.bias"),
+        ("qwen2_o_proj_bias", qwen2, qwen2, add("model.layers.1.self_attn.o_proj.bias", 32),
+         "model.layers.1.self_attn.o_proj.bias"),
+        ("rotary_buffer", llama, llama, add("model.layers.0.self_attn.rotary_emb.inv_freq", 4),
+         "model.layers.0.self_attn.rotary_emb.inv_freq"),
+        ("extra_layer", llama, llama.replace(num_layers=1), None, "model.layers.1.mlp.up_proj.weight"),
+        ("untied_head_under_tied_config", llama, llama.replace(tie_word_embeddings=True), distinct_head,
+         "lm_head.weight"),
+        ("tied_head_not_the_embedding", llama.replace(tie_word_embeddings=True),
+         llama.replace(tie_word_embeddings=True), distinct_head, "lm_head.weight"),
+        ("unknown_tensor", llama, llama, add("model.vision_tower.proj.weight", (4, 4)),
+         "model.vision_tower.proj.weight"),
+        ("unknown_tensor_in_second_shard", llama, llama, add("zz.extra.weight", 3), "zz.extra.weight"),
+    ]
+
+
+def _write_checkpoint(folder: str, saved, config, edit, shards: int) -> None:
+    from searchr2_jax.models import decoder, hf_io
+
+    tensors = hf_io.to_hf_tensors(saved, decoder.init_params(saved, jax.random.key(0)))
+    if edit is not None:
+        edit(tensors)
+    os.makedirs(folder)
+    names = sorted(tensors)
+    if shards == 1:
+        save_file(tensors, os.path.join(folder, "model.safetensors"))
+    else:
+        weight_map = {}
+        for s in range(shards):
+            file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = names[s * len(names) // shards:(s + 1) * len(names) // shards]
+            save_file({k: tensors[k] for k in part}, os.path.join(folder, file))
+            weight_map.update({k: file for k in part})
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            json.dump({"weight_map": weight_map}, f)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config.to_hf(), f)
+
+
+def loader_figures() -> dict:
+    """Loads each constructed bad checkpoint; counts those refused with an error naming the unread tensor's file."""
+    from searchr2_jax.models import hf_io
+
+    cases = _bad_checkpoints()
+    refused = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, saved, config, edit, unread in cases:
+            folder = os.path.join(tmp, name)
+            shards = 2 if name.endswith("second_shard") else 1
+            _write_checkpoint(folder, saved, config, edit, shards)
+            file = "model-00002-of-00002.safetensors" if shards == 2 else "model.safetensors"
+            try:
+                hf_io.load_params(folder)
+                logging.error("bad checkpoint %s loaded without a word", name)
+            except hf_io.CheckpointError as e:
+                if repr(unread) in str(e) and f"{folder} ({file})" in str(e):
+                    refused += 1
+                else:
+                    logging.error("bad checkpoint %s refused, but the error does not name %s in %s: %s",
+                                  name, unread, file, e)
+    return {"loader_bad_checkpoints_tried": len(cases), "loader_unconsumed_tensor_errors": refused}
+
+
+# ------------------------------------------------------------------------------------------------ suite
+
+
+def run(quick: bool = False) -> dict:
+    start = time.time()
+    figures = {}
+    figures.update(server_fuzz_figures(QUICK_FUZZ_REQUESTS if quick else FUZZ_REQUESTS))
+    figures.update(loader_figures())
+    figures["wall_s"] = round(time.time() - start, 2)
+    return figures
