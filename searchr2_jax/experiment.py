@@ -351,7 +351,7 @@ def plot_curves(out_dir: str, arms: Sequence[str], seeds: Sequence[int], path: s
     """One panel per CURVES entry: a line per arm (mean over seeds) with a band from the seeds' min to max. An arm
     runs with sft.steps = 0, so its step is the RL step; `warm_dev_em` (the warm start's greedy EM on the same dev
     questions) is the dev-EM curve's step 0."""
-    from searchr2_jax.metrics import read_jsonl
+    from searchr2_jax.jsonl import read_jsonl
     from searchr2_jax.plots import plot_groups
 
     start = [] if warm_dev_em is None else [{"step": 0, "eval/em": warm_dev_em}]

@@ -45,11 +45,6 @@ class MetricWriter:
                 self._tb.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 class _LibraryInfoFilter:
     """Drops INFO records that libraries (orbax: a line per file it writes) send through absl's logger."""
 

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from searchr2_jax.metrics import read_jsonl
+from searchr2_jax.jsonl import read_jsonl
 
 # (metrics.jsonl key, panel title). "response_tokens" is derived: generated tokens per trajectory.
 RUN_PANELS = (

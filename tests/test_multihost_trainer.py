@@ -99,7 +99,7 @@ def test_two_process_trainer_agrees_and_checkpoints(tmp_path):
     for key in ("train/loss", "reward/mean", "eval/em"):
         assert math.isfinite(finals[0][key]) and finals[0][key] == finals[1][key], key  # averaged over hosts
 
-    from searchr2_jax.metrics import read_jsonl
+    from searchr2_jax.jsonl import read_jsonl
 
     rows = {}
     for row in read_jsonl(str(workdir / "metrics.jsonl")):  # written by process 0 only: one row set per step

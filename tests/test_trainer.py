@@ -18,7 +18,7 @@ from jax._src import compilation_cache
 
 from configs import smoke
 from searchr2_jax import checkpoint as ckpt_lib
-from searchr2_jax.metrics import read_jsonl
+from searchr2_jax.jsonl import read_jsonl
 from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rollout import types as T
 from searchr2_jax.trainer import COPY_DRILL_LEN, ConfigError, Trainer, validate_config

@@ -9,12 +9,13 @@ every offending row; with `on_problem="drop"` they are dropped and each one is l
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Iterable, Literal, Mapping
 
 from absl import logging
+
+from searchr2_jax.jsonl import iter_jsonl
 
 # The seven Search-R1 evaluation sets (reward dispatch names) plus our synthetic world.
 DATA_SOURCES = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle", "synthetic")
@@ -100,23 +101,16 @@ def read_flashrag_jsonl(
     """
     source = _infer_source(path, data_source)
     out: list[tuple[int, QAExample]] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{_where(path, line_no)}: invalid JSON ({e.msg})") from None
-            rid = _require(rec, "id", (str, int), path, line_no)
-            question = _require(rec, "question", str, path, line_no)
-            answers = _answers(_require(rec, "golden_answers", (list, tuple), path, line_no), path, line_no,
-                               "golden_answers")
-            meta = rec.get("metadata") or {}
-            if not isinstance(meta, Mapping):
-                raise DataError(f"{_where(path, line_no, 'metadata')}: expected an object, got {type(meta).__name__}")
-            src = rec.get("data_source", source)
-            out.append((line_no, QAExample(str(rid), question, answers, str(src), dict(meta))))
+    for line_no, rec in iter_jsonl(path, error=DataError):
+        rid = _require(rec, "id", (str, int), path, line_no)
+        question = _require(rec, "question", str, path, line_no)
+        answers = _answers(_require(rec, "golden_answers", (list, tuple), path, line_no), path, line_no,
+                           "golden_answers")
+        meta = rec.get("metadata") or {}
+        if not isinstance(meta, Mapping):
+            raise DataError(f"{_where(path, line_no, 'metadata')}: expected an object, got {type(meta).__name__}")
+        src = rec.get("data_source", source)
+        out.append((line_no, QAExample(str(rid), question, answers, str(src), dict(meta))))
     return _check(out, path, on_problem)
 
 

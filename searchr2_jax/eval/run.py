@@ -12,15 +12,13 @@ resumes at the first unfinished chunk and, decoding being greedy, ends with the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
 import jax
-from absl import logging
-
 from searchr2_jax.data.qa import QAExample
 from searchr2_jax.eval import evaluate as eval_lib
+from searchr2_jax.jsonl import append_jsonl, iter_jsonl
 from searchr2_jax.rollout.rollout import RolloutEngine
 
 
@@ -44,22 +42,10 @@ def run_chunk(setup: EvalSetup, method: str, examples: Sequence[QAExample], rng:
 
 
 def _done_chunks(path: str) -> dict[int, list[dict]]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
     done: dict[int, list[dict]] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if n < len(lines):  # a bad line followed by others is damage, not an interrupted write
-                raise ValueError(f"{path}: line {n}: not JSON; delete the file to re-run this method") from None
-            logging.warning("%s: line %d torn (an interrupted write); its chunk is re-run", path, n)
-            break
-        done.setdefault(int(rec["chunk"]), []).append(rec)
+    if os.path.isfile(path):
+        for _, rec in iter_jsonl(path, torn_tail_ok=True):
+            done.setdefault(int(rec["chunk"]), []).append(rec)
     return done
 
 
@@ -90,23 +76,9 @@ def run_methods(setup: EvalSetup, examples: Sequence[QAExample], methods: Sequen
                 bar.set_postfix_str(m)
                 recs = run_chunk(setup, m, examples[s:s + chunk], jax.random.fold_in(setup.rng, i))
                 recs = [{**r, "chunk": i} for r in recs]
-                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
-                _truncate_torn(path)
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
+                append_jsonl(path, recs)
                 done[m][i] = recs
                 bar.update(len(recs))
             results[m] = [r for i in range(len(starts)) for r in done[m][i]]
     return results
 
-
-def _truncate_torn(path: str) -> None:
-    """Cuts a partial last line (left by a kill mid-write) before appending after it."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)

@@ -16,8 +16,7 @@ import json
 import os
 from typing import Sequence
 
-from absl import logging
-
+from searchr2_jax.jsonl import append_jsonl, iter_jsonl
 from searchr2_jax.retrieval.types import Passage, live_queries
 
 
@@ -56,20 +55,11 @@ class CachedRetriever:
                 json.dump(description, f, indent=1, sort_keys=True)
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+        for n, rec in iter_jsonl(self.path, torn_tail_ok=True):
             try:
-                rec = json.loads(line)
                 self._table[(rec["q"], int(rec["k"]))] = [Passage(*p) for p in rec["p"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                if n < len(lines) - 1:  # only the last line can be torn by a kill
-                    raise ValueError(f"{self.path}: line {n}: not a cache record ({e}); delete the file") from None
-                logging.warning("%s: line %d torn (an interrupted write); dropped", self.path, n)
-                with open(self.path, "w", encoding="utf-8") as f:  # rewrite without it, so appends stay whole
-                    f.write("\n".join(lines[: n - 1]) + ("\n" if n > 1 else ""))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{self.path}: row {n}: not a cache record ({e!r}); delete the file") from None
 
     def __len__(self) -> int:
         return len(self._table)
@@ -80,10 +70,9 @@ class CachedRetriever:
         if misses:
             results = self.retriever.search(misses, k)
             self.calls += len(misses)
-            with open(self.path, "a", encoding="utf-8") as f:
-                for q, ps in zip(misses, results):
-                    self._table[(q, k)] = list(ps)
-                    f.write(json.dumps({"q": q, "k": k, "p": [[p.id, p.title, p.text, p.score] for p in ps]},
-                                       ensure_ascii=False) + "\n")
+            for q, ps in zip(misses, results):
+                self._table[(q, k)] = list(ps)
+            append_jsonl(self.path, ({"q": q, "k": k, "p": [[p.id, p.title, p.text, p.score] for p in ps]}
+                                     for q, ps in zip(misses, results)))
         live_set = set(live)
         return [list(self._table[(q, k)]) if i in live_set else [] for i, q in enumerate(queries)]

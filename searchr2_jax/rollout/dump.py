@@ -42,6 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
+from searchr2_jax.jsonl import iter_jsonl
 from searchr2_jax.rl.rewards import RewardTerms
 from searchr2_jax.rollout.refiner import turn_texts
 from searchr2_jax.rollout.types import Trajectory, Turn
@@ -253,20 +254,13 @@ def find_dumps(workdir: str) -> dict[tuple[str, int], str]:
 def read_dump(path: str) -> list[dict]:
     """The records of a dump, as dicts. A line that is not a record raises ValueError naming the file and line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            missing = [k for k in REQUIRED_KEYS if k not in rec]
-            if missing:
-                raise ValueError(f"{path}:{n}: not a trajectory record (missing {', '.join(missing)})")
-            if rec["schema"] != SCHEMA:
-                raise ValueError(f"{path}:{n}: record schema {rec['schema']!r}, this reader knows {SCHEMA}")
-            out.append(rec)
+    for n, rec in iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: row {n}: expected a JSON object, got {type(rec).__name__}")
+        missing = [k for k in REQUIRED_KEYS if k not in rec]
+        if missing:
+            raise ValueError(f"{path}: row {n}: not a trajectory record (missing {', '.join(missing)})")
+        if rec["schema"] != SCHEMA:
+            raise ValueError(f"{path}: row {n}: record schema {rec['schema']!r}, this reader knows {SCHEMA}")
+        out.append(rec)
     return out

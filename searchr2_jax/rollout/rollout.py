@@ -37,7 +37,7 @@ import numpy as np
 
 from searchr2_jax.models import decoder
 from searchr2_jax.models.config import DecoderConfig
-from searchr2_jax.retrieval.types import Passage, Retriever
+from searchr2_jax.retrieval.types import Retriever
 from searchr2_jax.rollout import sampler
 from searchr2_jax.rollout import types as T
 from searchr2_jax.rollout.refiner import MAX_REVISIONS, MetaRefiner, turn_texts

@@ -69,7 +69,7 @@ def test_bad_jsonl_names_file_row_field(tmp_path, bad, field, what):
 
 def test_bad_json_line(tmp_path):
     path = _jsonl(tmp_path, [GOOD, "{not json"])
-    with pytest.raises(DataError, match=r"row 2: invalid JSON"):
+    with pytest.raises(DataError, match=r"row 2: not JSON"):
         read_flashrag_jsonl(path)
 
 

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from searchr2_jax.models import decoder, hf_io, kv_cache
+from searchr2_jax.models import decoder, hf_io
 from searchr2_jax.models import sharding as sh
 from searchr2_jax.models.config import DecoderConfig
 

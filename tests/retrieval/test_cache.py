@@ -40,5 +40,5 @@ def test_a_torn_last_line_is_dropped_and_damage_elsewhere_is_an_error(tmp_path):
     again.search(["z"], 1)
     assert len(CachedRetriever(Fake(), str(tmp_path), {"backend": "fake"})) == 3  # appends stayed whole
     open(r.path, "w").write("not json\n" + text)
-    with pytest.raises(ValueError, match="line 1"):
+    with pytest.raises(ValueError, match="row 1: not JSON"):
         CachedRetriever(Fake(), str(tmp_path), {"backend": "fake"})

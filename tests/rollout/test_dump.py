@@ -128,7 +128,7 @@ def test_records_round_trip_through_jsonl_and_bad_lines_name_file_and_line(tmp_p
                      ('{"question": "q"}', r"not a trajectory record \(missing schema, kind")):
         with open(path, "w") as f:
             f.write("\n".join([lines[0], bad, lines[1]]) + "\n")
-        with pytest.raises(ValueError, match=f"train_step3.jsonl:2: {msg}"):
+        with pytest.raises(ValueError, match=f"train_step3.jsonl: row 2: {msg}"):
             dump.read_dump(path)
     with pytest.raises(FileNotFoundError, match="no trajectory dumps"):
         dump.find_dumps(str(tmp_path / "elsewhere"))
