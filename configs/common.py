@@ -7,6 +7,7 @@ Configs are ml_collections `get_config(arg)` files (big_vision style): `arg` is 
 import ml_collections
 
 from searchr2_jax.rl.losses import default_loss_config
+from searchr2_jax.rl.sentinel import default_sentinel_config
 from searchr2_jax.rl.state import default_optim_config
 from searchr2_jax.rollout.refiner import default_refiner_config
 from searchr2_jax.rollout.rollout import default_rollout_config
@@ -82,7 +83,13 @@ def base_config() -> ml_collections.ConfigDict:
         # Trajectory dumps for launch/view.py (rollout/dump.py): every N RL steps and at the last, dump_rows of that
         # step's trajectories (whole GRPO groups; 0 = all) to WORKDIR/trajectories/train_step{N}.jsonl, and every
         # evaluation's trajectories to eval_step{N}.jsonl. 0 = no dumps at all. Host-side, after the step.
-        dump_every=10, dump_rows=32))
+        dump_every=10, dump_rows=32,
+        # The collapse sentinel (rl/sentinel.py; thresholds documented there): fed every RL step, it logs a warning
+        # and sentinel/fired when reward, entropy, searches or length collapse, updates keep being skipped, or
+        # responses degenerate into repetition. With rollback_on_collapse it also restores the latest checkpoint
+        # before the collapse began and multiplies the RL learning rate by rollback_lr_factor (the jitted step is
+        # rebuilt with the scaled rate), at most max_rollbacks times in a run.
+        sentinel=default_sentinel_config(), rollback_on_collapse=False, rollback_lr_factor=0.5, max_rollbacks=3))
     # chip / devices: the accelerator a config is sized for (a key of models/sharding.CHIP_HBM_BYTES) and how many of
     # them; the memory suite (`launch/benchmark.py --suite=memory`) compiles the config's programs on that mesh and
     # checks them against the chip's memory. "" / 0: not sized for a pod (runs on whatever devices are there).

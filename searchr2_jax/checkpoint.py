@@ -38,6 +38,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(int(s) for s in self.manager.all_steps())
+
     def save(self, step: int, state: TrainState, data_state: dict | None = None, force: bool = False) -> bool:
         args = ocp.args.Composite(state=ocp.args.StandardSave(_to_tree(state)),
                                   data=ocp.args.JsonSave(data_state or {}))

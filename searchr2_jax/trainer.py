@@ -32,6 +32,7 @@ from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.retrieval.retriever import build_retriever
 from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rl import judges, rewards
+from searchr2_jax.rl import sentinel as sentinel_lib
 from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, token_values
 from searchr2_jax.rollout import dump as dump_lib
@@ -96,6 +97,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             raise ConfigError(f"sft.{name}={config.sft[name]} must be in [0, 1]")
     if tr.steps < 0 or config.sft.steps < 0:
         raise ConfigError(f"train.steps={tr.steps}, sft.steps={config.sft.steps}: must be >= 0")
+    if tr.rollback_on_collapse and not 0.0 < tr.rollback_lr_factor <= 1.0:
+        raise ConfigError(f"train.rollback_lr_factor={tr.rollback_lr_factor}: expected in (0, 1]")
     if tr.ckpt_every < 1:
         raise ConfigError(f"train.ckpt_every={tr.ckpt_every}: must be >= 1")
     if tr.log_every < 1:
@@ -223,6 +226,8 @@ class Trainer:
         self.sft_steps, self.rl_steps = config.sft.steps, config.train.steps
         self.sft_opt = state_lib.make_optimizer(config.sft.optim, max(self.sft_steps, 1))
         self.rl_opt = state_lib.make_optimizer(config.optim, max(self.rl_steps, 1))
+        self.lr_scale, self.rollbacks = 1.0, 0  # RL learning-rate factor left by collapse rollbacks (checkpointed)
+        self.sentinel = sentinel_lib.Sentinel(config.train.sentinel)
         use_ref = config.rl.loss.kl_coef > 0
         state = state_lib.init_state(params, self.rl_opt, state_rng, with_reference=use_ref)
         # Every parameter and optimizer leaf is placed by the partition rules; batches split over data x fsdp.
@@ -343,6 +348,11 @@ class Trainer:
                              for e, u, m in zip(em, useful, searches)], np.float32)
         density = np.where(searches > 0, useful / np.maximum(searches, 1), 0.0)
         self.reward_terms = rewards.RewardTerms(em, useful, reward)  # for the trajectory dumps
+        sentinel_cfg = self.config.train.sentinel
+        if sentinel_cfg.enabled:  # generated text only (no retrieved passages), averaged over hosts like the rest
+            out.metrics["rollout/repetition_share"] = sentinel_lib.repetition_share(
+                (tok_lib._decode(self.tokenizer, t.response_ids[np.asarray(t.loss_mask) > 0])
+                 for t in trajs[:sentinel_cfg.repetition_sample]), sentinel_cfg)
         metrics = dict(out.metrics, **{"reward/mean": reward.mean(), "reward/em": em.mean(), "reward/f1": f1.mean(),
                                        "reward/density": density.mean()}, **self.judge.stats())
         return trajs, reward, _across_processes(metrics)
@@ -426,7 +436,9 @@ class Trainer:
         step = self.ckpt.latest_step() if step is None else step
         if step is None:
             return 0
+        self.ckpt.wait()  # a rollback may restore right after an asynchronous save
         self.state, data = self.ckpt.restore(self.state, step)
+        self._set_lr_scale(float(data.get("lr_scale", 1.0)))
         it_state = data.get("iterator")
         if "iterators" in data:  # one per process (multi-host runs)
             if len(data["iterators"]) != self.num_processes:
@@ -439,10 +451,47 @@ class Trainer:
         return int(step)
 
     def save(self, step: int, force: bool = False):
-        data = {"iterator": self.iterator.get_state()}
+        data = {"iterator": self.iterator.get_state(), "lr_scale": self.lr_scale}
         if self.num_processes > 1:  # orbax writes the JSON from process 0 only: gather every host's position
             data["iterators"] = _gather_json(data["iterator"])
         self.ckpt.save(step, self.state, data, force=force)
+
+    def _set_lr_scale(self, scale: float) -> None:
+        """Rebuilds the RL optimizer and jitted step with the learning rate x `scale`. The optax chain's state does
+        not depend on the rate (the schedule is a closure over it), so the current optimizer state carries over."""
+        if scale == self.lr_scale:
+            return
+        optim = ml_collections.ConfigDict(self.config.optim.to_dict())
+        optim.learning_rate = self.config.optim.learning_rate * scale
+        self.rl_opt = state_lib.make_optimizer(optim, max(self.rl_steps, 1))
+        self.train_step = jit_train_step(self.config, self.model_cfg, self.mesh, self.state_shardings, self.rl_opt)
+        self.lr_scale = scale
+
+    def watch(self, step: int, metrics: dict) -> tuple[dict, int | None]:
+        """Feeds the sentinel one RL step's metrics; returns them with `sentinel/*` added, and the step to continue
+        from after a rollback (None: go on). With `train.rollback_on_collapse`, a collapse restores the latest
+        checkpoint before its onset (`sentinel.rollback_target`) and multiplies the RL learning rate by
+        `train.rollback_lr_factor`, at most `train.max_rollbacks` times."""
+        tr = self.config.train
+        metrics = jax.device_get(metrics)
+        report = self.sentinel.update(step, metrics)
+        metrics = dict(metrics, **report.metrics())
+        if not report.fired:
+            return metrics, None
+        logging.warning("collapse sentinel fired at step %d: %s", step, report.describe())
+        if not tr.rollback_on_collapse or self.rollbacks >= tr.max_rollbacks:
+            return metrics, None
+        target = sentinel_lib.rollback_target(self.ckpt.all_steps(), report.onset_step, self.sft_steps)
+        if target is None:
+            logging.warning("no RL checkpoint before step %d to roll back to; training on", report.onset_step)
+            return metrics, None
+        scale = self.lr_scale * tr.rollback_lr_factor
+        self.restore(target)
+        self._set_lr_scale(scale)  # after restore, which sets the (older) checkpoint's own scale
+        self.rollbacks += 1
+        self.sentinel.reset_streaks()
+        logging.warning("rolled back to step %d with the learning rate x %g", target, scale)
+        return dict(metrics, **{"sentinel/rollback_to": float(target), "sentinel/lr_scale": scale}), target
 
     def run(self, stop_at: int | None = None) -> dict:
         """Trains from the latest checkpoint to the end (or, when `stop_at` is given, up to that step: a deliberate
@@ -478,6 +527,16 @@ class Trainer:
                 metrics.update(step_metrics)
             step += 1
             rl_step = step - self.sft_steps
+            rollback_to = None
+            if rl_step > 0 and c.train.sentinel.enabled:
+                metrics, rollback_to = self.watch(step, metrics)
+            if rollback_to is not None:  # the collapsed steps are logged, not checkpointed, evaluated or dumped
+                metrics["perf/step_time_s"] = time.time() - t0
+                last = self.writer.write(step, metrics)
+                step = rollback_to
+                bar.n = step
+                bar.refresh()
+                continue
             every = c.train.diagnostics_every
             if every > 0 and rl_step > 0 and c.refiner.enabled and (rl_step % every == 0 or step == total):
                 metrics.update(self.diagnostics(step))

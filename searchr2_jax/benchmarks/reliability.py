@@ -14,6 +14,11 @@ Figures
                                   tied config, an unknown tensor in one shard of an index, ...)
   loader_unconsumed_tensor_errors how many of them `hf_io.load_params` refused with a CheckpointError naming an
                                   unread tensor and the file holding it
+  sentinel_detects_injected_collapse
+                                  1 if `rl.sentinel.Sentinel` fires the right check on each injected collapse
+                                  (reward to 0, entropy collapse, searches to 0, "!!!!" responses, a skipped-update
+                                  streak) of a synthetic metric series and stays quiet on the healthy series, else 0
+  sentinel_false_alarms           alarms the sentinel raised over the healthy synthetic series (several seeds)
   wall_s                          the whole suite
 
 Each group of figures is one function (`server_fuzz_figures`, `loader_figures`) returning its own dict; `run`
@@ -165,6 +170,42 @@ def loader_figures() -> dict:
     return {"loader_bad_checkpoints_tried": len(cases), "loader_unconsumed_tensor_errors": refused}
 
 
+# ------------------------------------------------------------------------------------------------ collapse sentinel
+
+
+def _healthy_metrics(step: int, rng) -> dict:
+    """A learning run's metrics: reward climbing to ~0.5, entropy decaying slowly, ~1.5 searches, noisy lengths."""
+    return {"reward/mean": min(0.5, 0.1 + 0.01 * step) + rng.normal(0, 0.05),
+            "train/entropy": 1.2 * np.exp(-step / 400) + rng.normal(0, 0.05),
+            "rollout/searches_per_trajectory": 1.5 + rng.normal(0, 0.2),
+            "rollout/tokens_generated": 40 * (200 + rng.normal(0, 30)), "rollout/trajectories": 40,
+            "train/skipped": float(rng.random() < 0.03)}
+
+
+def sentinel_figures(steps: int = 200, onset: int = 120, seeds: int = 5) -> dict:
+    """The sentinel over healthy synthetic series and over the same series with one collapse injected at `onset`."""
+    from searchr2_jax.rl import sentinel as sentinel_lib
+
+    prose = "<search> capital of the river empire </search> the answer is the old harbor city by the canal"
+    injected = {"reward": {"reward/mean": 0.0}, "entropy": {"train/entropy": 0.01},
+                "searches": {"rollout/searches_per_trajectory": 0.0}, "repetition": {}, "skipped": {"train/skipped": 1.0}}
+    false_alarms, detected = 0, True
+    for seed in range(seeds):
+        series = [_healthy_metrics(step, np.random.default_rng([seed, step])) for step in range(steps)]
+        sentinel = sentinel_lib.Sentinel()
+        false_alarms += sum(len(sentinel.update(step, m, texts=[prose] * 8).alarms) for step, m in enumerate(series))
+        for check, edit in injected.items():
+            sentinel = sentinel_lib.Sentinel()
+            fired = []
+            for step, m in enumerate(series):
+                bad = step >= onset
+                texts = ["!" * 120] * 6 + [prose] * 2 if bad and check == "repetition" else [prose] * 8
+                fired += sentinel.update(step, dict(m, **edit) if bad else m, texts=texts).alarms
+            detected &= [a.check for a in fired] == [check] and fired[0].onset_step == onset
+    return {"sentinel_detects_injected_collapse": int(detected and false_alarms == 0),
+            "sentinel_false_alarms": false_alarms}
+
+
 # ------------------------------------------------------------------------------------------------ suite
 
 
@@ -173,5 +214,6 @@ def run(quick: bool = False) -> dict:
     figures = {}
     figures.update(server_fuzz_figures(QUICK_FUZZ_REQUESTS if quick else FUZZ_REQUESTS))
     figures.update(loader_figures())
+    figures.update(sentinel_figures())
     figures["wall_s"] = round(time.time() - start, 2)
     return figures
