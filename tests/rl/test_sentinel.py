@@ -130,3 +130,39 @@ def test_rollback_target_is_the_last_checkpoint_before_the_onset():
     assert S.rollback_target([10, 20], onset_step=30, first_rl_step=15) == 20
     assert S.rollback_target([10], onset_step=30, first_rl_step=15) is None  # only an SFT checkpoint
     assert S.rollback_target([], onset_step=30, first_rl_step=0) is None
+
+
+def test_trainer_rolls_back_before_the_onset_with_a_lower_learning_rate(tmp_path, monkeypatch):
+    import os
+
+    import jax
+
+    from searchr2_jax import checkpoint as ckpt_lib
+    from searchr2_jax.jsonl import read_jsonl
+    from searchr2_jax.trainer import Trainer
+    from tests.test_trainer import tiny_config
+
+    c = tiny_config("sft_steps=0,steps=5")
+    c.train.update(dict(rollback_on_collapse=True, rollback_lr_factor=0.5, max_rollbacks=1))
+    real_update = S.Sentinel.update
+
+    def update(self, step, metrics, texts=None):  # a collapse seen first at step 4 (the state of checkpoint 3)
+        real_update(self, step, metrics, texts)
+        if step != 4:
+            return S.SentinelReport(step=step)
+        return S.SentinelReport(step=step, alarms=(S.Alarm(check="reward", metric="reward/mean", value=0.0,
+                                                           baseline=0.5, threshold=0.15, onset_step=4, streak=3),))
+
+    monkeypatch.setattr(S.Sentinel, "update", update)
+    trainer = Trainer(c, str(tmp_path), devices=jax.devices()[:1])
+    trainer.run()
+    rows = list(read_jsonl(os.path.join(str(tmp_path), "metrics.jsonl")))
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == [1, 2, 3, 4, 3, 4, 5]
+    fired = [r for r in rows if r.get("sentinel/fired") == 1.0]
+    assert len(fired) == 2 and fired[0]["sentinel/rollback_to"] == 2 and fired[0]["sentinel/lr_scale"] == 0.5
+    assert "sentinel/rollback_to" not in fired[1]  # max_rollbacks=1: the second alarm only warns
+    assert trainer.lr_scale == 0.5 and trainer.rollbacks == 1
+    ckpt = ckpt_lib.Checkpointer(os.path.join(str(tmp_path), "checkpoints"))
+    assert ckpt.restore(trainer.state, 5)[1]["lr_scale"] == 0.5  # a resumed run keeps the lower rate
+    ckpt.close()
