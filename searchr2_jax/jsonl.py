@@ -15,7 +15,8 @@ from typing import Iterable, Iterator
 from absl import logging
 
 
-def iter_jsonl(path: str, torn_tail_ok: bool = False, error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
+def iter_jsonl(path: str, torn_tail_ok: bool = False,
+               error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
     """(row, object) of every non-blank line of `path`, rows counted from 1."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
