@@ -2,8 +2,9 @@
 checkpoints, metrics and periodic greedy Actor-only evaluation. The one orchestrator allowed to be long.
 
 Phases share one step counter: steps [0, sft.steps) are the supervised warm start on the synthetic world's
-demonstrations (and refiner labels); steps [sft.steps, sft.steps + train.steps) are RL. A run killed at any point
-resumes from its latest checkpoint (state, PRNG key and data iterator) and continues the same streams.
+demonstrations (and refiner labels), or on real QA data one-search demonstrations; steps [sft.steps, sft.steps +
+train.steps) are RL. A run killed at any point resumes from its latest checkpoint (state, PRNG key and data iterator)
+and continues the same streams.
 """
 
 from __future__ import annotations
@@ -106,13 +107,19 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     if tr.dump_every < 0 or tr.dump_rows < 0:
         raise ConfigError(f"train.dump_every={tr.dump_every}, train.dump_rows={tr.dump_rows}: must be >= 0")
     if _files(config.data.train_files):
-        # Real QA data: no synthetic world, so no world tokenizer, no demonstrations and no oracle judge.
+        # Real QA data: no synthetic world, so no world tokenizer and no oracle judge.
         if config.model.tokenizer == "world":
             raise ConfigError("model.tokenizer='world' needs the synthetic world; with data.train_files set, give "
                               "a tokenizer path (usually model.hf_path)")
-        if config.sft.steps > 0:
-            raise ConfigError(f"sft.steps={config.sft.steps}: demonstrations exist only for the synthetic world; "
-                              "set 0 with data.train_files")
+        # Real data gets one-search demonstrations only (data/demos.search_demo): no flaws, refiner labels, renamed
+        # names or copy drills, which need the synthetic world.
+        world_only = {k: config.sft[k] for k in ("flawed_fraction", "refiner_fraction", "stop_early_fraction",
+                                                 "copy_steps") if config.sft[k]}
+        if config.sft.fresh_names:
+            world_only["fresh_names"] = True
+        if config.sft.steps > 0 and world_only:
+            raise ConfigError(f"sft.{next(iter(world_only))}={next(iter(world_only.values()))}: needs the synthetic "
+                              "world; with data.train_files the warm start is one-search demonstrations (set it to 0)")
         if not config.reward.outcome_only and config.reward.judge == "oracle":
             raise ConfigError("reward.judge='oracle' needs the synthetic world's gold passage ids; use 'llm', "
                               "'lexical' or 'none' with data.train_files")
@@ -296,6 +303,8 @@ class Trainer:
         A pure function of (config.seed, step), so a run resumed mid-SFT continues the same stream of batches.
         Multi-host: this host's sft.batch_size / process_count rows, drawn with the process index in the seed."""
         c = self.config.sft
+        if self.world is None:
+            return self._search_demo_batch(step)
         drill = step < c.copy_steps
         if self._demo_writer is None:
             self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk,
@@ -325,6 +334,35 @@ class Trainer:
             else:
                 segs = d.refiner_segments(prompt=self.config.refiner.prompt)
             ids, m = tokenize_segments(self.tokenizer, segs)
+            ids, m = ids[:L], m[:L]
+            tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
+        return tokens, valid, mask
+
+    def _search_demo_batch(self, step: int):
+        """Real QA data: one-search demonstrations (`demos.search_demo`) of training questions whose answer the
+        training retriever finds; questions it misses are skipped, drawn in a seeded order, so the batch is again a
+        pure function of (config.seed, step)."""
+        c, ro = self.config.sft, self.config.rollout
+        procs = jax.process_count()
+        rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
+        rows, L = c.batch_size // procs, c.seq_len
+        order = rng.permutation(len(self.train_examples))
+        demos: list = []
+        for start in range(0, len(order), 2 * rows):
+            exs = [self.train_examples[i] for i in order[start:start + 2 * rows]]
+            found = self.train_retriever.search([ex.question.strip() for ex in exs], ro.topk)
+            demos += [d for ex, ps in zip(exs, found) if (d := demos_lib.search_demo(
+                ex, ps, self.tokenizer, chat=self.config.model.chat, max_obs_tokens=ro.max_obs_tokens)) is not None]
+            if len(demos) >= rows:
+                break
+        if len(demos) < rows:
+            raise ConfigError(f"sft.batch_size={c.batch_size}: the retriever finds the answer of only {len(demos)} "
+                              f"training questions")
+        tokens = np.zeros((rows, L), np.int32)
+        mask = np.zeros((rows, L), np.float32)
+        valid = np.zeros((rows, L), bool)
+        for r, d in enumerate(demos[:rows]):
+            ids, m = tokenize_segments(self.tokenizer, d.sft_segments())
             ids, m = ids[:L], m[:L]
             tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
         return tokens, valid, mask

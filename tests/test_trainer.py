@@ -318,13 +318,48 @@ def test_real_data_needs_a_real_tokenizer_and_corpus():
     c.data.train_files = "/data/nq_hotpotqa/train.parquet"
     _expect(c, "model.tokenizer")
     c.model.tokenizer = "/models/qwen"
-    _expect(c, "sft.steps")
-    c.sft.steps = 0
+    _expect(c, "sft.flawed_fraction")  # flaws, refiner labels and renamed names need the synthetic world
+    c.sft.update(dict(flawed_fraction=0.0, refiner_fraction=0.0, stop_early_fraction=0.0, copy_steps=0))
     _expect(c, "reward.judge")
     c.reward.judge = "lexical"
     _expect(c, "retrieval.corpus_path")
     c.retrieval.corpus_path = "/data/wiki-18.jsonl"
     validate_config(c, num_devices=1)
+
+
+def test_real_data_warm_start_batches_are_one_search_demos_of_found_answers(tmp_path):
+    """data.train_files + sft.steps: each SFT row is a demo whose answer the training retriever found, the loss on
+    the model's two turns only, and the batch a pure function of (seed, step)."""
+    from searchr2_jax.models.gguf_import import ensure_smollm2
+
+    corpus = [{"id": str(i), "contents": f'"Title{i} Person{i}"\nPerson{i} is a painter born in town{i}.'}
+              for i in range(40)]
+    train = [{"id": f"q{i}", "question": f"Which painter was born in town{i}?", "golden_answers": [f"Person{i}"]}
+             for i in range(30)]
+    train += [{"id": "miss", "question": "Which river is longest?", "golden_answers": ["Nile"]}]  # never found
+    for name, rows in (("corpus", corpus), ("train", train)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    c = tiny_config()
+    tok = ensure_smollm2()
+    c.model.update(dict(tokenizer=tok, chat=True))
+    c.data.update(dict(train_files=str(tmp_path / "train.jsonl"), eval_files=str(tmp_path / "train.jsonl")))
+    c.retrieval.update(dict(backend="bm25", corpus_path=str(tmp_path / "corpus.jsonl")))
+    c.rollout.update(dict(topk=2, max_obs_tokens=96))
+    c.reward.judge = "lexical"
+    c.sft.update(dict(flawed_fraction=0.0, refiner_fraction=0.0, stop_early_fraction=0.0, copy_steps=0,
+                      batch_size=8, seq_len=384))
+    trainer = Trainer(c, str(tmp_path / "run"), devices=one_device())
+    tokens, valid, mask = trainer.sft_batch(0)
+    assert tokens.shape == (8, 384) and mask.sum(1).min() > 0 and (mask <= valid).all()
+    for row, v, m in zip(tokens, valid, mask):
+        text = trainer.tokenizer.decode(row[m > 0].tolist())
+        gold = re.search(r"town(\d+)", trainer.tokenizer.decode(row[v].tolist())).group(1)  # the question's
+        assert "<search>" in text and "<information>" not in text  # retrieved text is never trained on
+        assert re.search(rf"<answer> Person{gold} </answer>", text), text
+    again = trainer.sft_batch(0)
+    assert all(np.array_equal(a, b) for a, b in zip((tokens, valid, mask), again))
+    assert not np.array_equal(trainer.sft_batch(1)[0], tokens)
 
 
 @pytest.mark.slow  # its own compile of the critic path: ~15 s on 2 CPU cores

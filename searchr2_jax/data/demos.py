@@ -10,6 +10,10 @@ step (1-based assistant step; 0 = sound):
 - `early` (only through `DemoWriter.demos(stop_early_fraction=)`): answers one hop short, with the bridge entity.
 Each demo is a list of `Segment`s whose `generated` flag says where the loss is on (model turns) or off (prompt,
 retrieved information), ready for `text.tokenizer.tokenize_segments`.
+
+Real QA data has no world to walk: `search_demo` writes the one-search demonstration of a single-hop question (search
+the question, copy a gold answer out of the retrieved passages), the format warm start a pretrained model needs
+before GRPO on outcome EM sees any reward.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Sequence
 from searchr2_jax.data.qa import QAExample
 from searchr2_jax.data.synthetic import TEMPLATES, Renamer, World
 from searchr2_jax.retrieval.types import Passage, Retriever
+from searchr2_jax.rl.rewards import normalize_answer
 from searchr2_jax.text.protocol import (Segment, Step, build_prompt, build_refiner_followup, build_refiner_prompt,
                                         refiner_candidates, render_information, segment_trajectory)
 
@@ -211,6 +216,33 @@ class DemoWriter:
                         demo = None
             out.append(demo or self.demo(ex))
         return out
+
+
+def search_demo(ex: QAExample, passages: Sequence[Passage], tokenizer, chat: bool = False,
+                max_obs_tokens: int | None = None) -> Demo | None:
+    """The one-search demonstration of a single-hop question on real text, or None when no gold answer is found:
+    `<think>…</think>\n<search> question </search>` → the `passages` (what the retriever returned for that query)
+    → `<think>…</think>\n<answer> gold </answer>`, where the gold answer is copied from the first passage whose title
+    or text contains it. The information block is cut to `max_obs_tokens` tokens as the rollout cuts it, and the
+    answer must survive that cut, so every answer in a demo can be copied from what the model sees."""
+    info = render_information(passages)
+    if max_obs_tokens is not None:
+        info = tokenizer.decode(list(tokenizer.encode(info, add_special_tokens=False))[:max_obs_tokens],
+                                skip_special_tokens=False)
+    seen = f" {normalize_answer(info)} "
+    # The longest gold answer the passages contain: a title over its undisambiguated short form.
+    found = sorted((a for a in ex.golden_answers if normalize_answer(a) and f" {normalize_answer(a)} " in seen),
+                   key=len, reverse=True)
+    if not found:
+        return None
+    answer = found[0]
+    doc = next((i for i, p in enumerate(passages, 1)
+                if f" {normalize_answer(answer)} " in f" {normalize_answer(p.title + ' ' + p.text)} "), 1)
+    question = ex.question.strip()
+    segs = (Segment(f"<think> I need to search for this. </think>\n<search> {question} </search>", True),
+            Segment(info, False),
+            Segment(f"<think> Doc {doc} answers the question. </think>\n<answer> {answer} </answer>", True))
+    return Demo(ex, build_prompt(ex.question, tokenizer=tokenizer, chat=chat), segs, answer)
 
 
 def _steps(segs: Sequence[Segment]) -> list[Step]:

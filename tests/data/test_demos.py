@@ -1,5 +1,6 @@
 """Scripted demonstrations: exact protocol, sound ones answer correctly, flaws labelled at their first bad step."""
 
+import dataclasses
 import random
 import re
 
@@ -164,3 +165,56 @@ def test_renamed_demos_keep_their_facts_under_fresh_names(world, writer):
             info = "".join(s.text for s in new.response if not s.generated)
             assert new.answer in info  # the answer is in a retrieved passage: copying finds it
     assert len({Renamer(names, random.Random(s)).word(next(iter(sorted(names)))) for s in range(20)}) > 15
+
+
+# ------------------------------------------------------------------------------------------ real text: search_demo
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from searchr2_jax.models.gguf_import import ensure_smollm2
+    from searchr2_jax.text.tokenizer import load_tokenizer
+
+    return load_tokenizer(ensure_smollm2())
+
+
+def _wiki_example():
+    from searchr2_jax.data.qa import QAExample
+
+    return QAExample(id="w1", question='Who or what is "Iraqi and British architect (1950–2016)"?',
+                     golden_answers=("Zaha Hadid",), data_source="wikisum")
+
+
+def test_search_demo_searches_the_question_and_copies_the_answer_from_the_passages(smollm2_tokenizer):
+    from searchr2_jax.data.demos import search_demo
+    from searchr2_jax.retrieval.types import Passage
+
+    ex = _wiki_example()
+    passages = [Passage("1", "Norman Foster", "An English architect."),
+                Passage("2", "Zaha Hadid", "Dame Zaha Hadid was an Iraqi-British architect.")]
+    demo = search_demo(ex, passages, smollm2_tokenizer, chat=True, max_obs_tokens=384)
+    turns = _replay(demo)
+    assert [t.status for t in turns] == ["search", "answer"]
+    assert turns[0].query == ex.question and turns[1].answer == "Zaha Hadid" and demo.answer == "Zaha Hadid"
+    assert "Doc 2" in demo.response[2].text  # the passage that holds the answer
+    info = demo.response[1]
+    assert not info.generated and info.text == P.render_information(passages)
+    assert demo.prompt == P.build_prompt(ex.question, tokenizer=smollm2_tokenizer, chat=True)
+    assert demo.sft_segments()[0] == P.Segment(demo.prompt, False)
+
+
+def test_search_demo_is_none_when_the_answer_is_missing_or_cut_off(smollm2_tokenizer):
+    from searchr2_jax.data.demos import search_demo
+    from searchr2_jax.retrieval.types import Passage
+
+    ex = _wiki_example()
+    assert search_demo(ex, [Passage("1", "Norman Foster", "An English architect.")], smollm2_tokenizer) is None
+    # Found only past the per-block token cap the rollout applies: the model would never see it.
+    passages = [Passage("1", "Norman Foster", "An English architect. " * 40),
+                Passage("2", "Zaha Hadid", "An Iraqi-British architect.")]
+    assert search_demo(ex, passages, smollm2_tokenizer, max_obs_tokens=400) is not None
+    assert search_demo(ex, passages, smollm2_tokenizer, max_obs_tokens=64) is None
+    # The longest gold answer found wins: a title over its short form.
+    ex2 = dataclasses.replace(ex, golden_answers=("Mercury (planet)", "Mercury"))
+    demo = search_demo(ex2, [Passage("1", "Mercury (planet)", "The smallest planet.")], smollm2_tokenizer)
+    assert demo.answer == "Mercury (planet)"
