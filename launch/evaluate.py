@@ -15,7 +15,8 @@ bootstrap intervals, and the settings that produced them.
 Methods (eval/evaluate.py): `direct` answers from the question alone, `rag` from the top-k passages for the
 question, `agent` runs the Search-R1/R2 protocol (Actor only, Meta-Refiner off). All greedy; `rag` and `agent` use
 the same retriever, k and corpus. The baselines prompt in plain words through the chat template when the model has
-one (`--style=flashrag`), else in the agent's own tags (`--style=protocol`).
+one (`--style=flashrag`, optionally with `--shots` training examples), else in the agent's own tags
+(`--style=protocol`).
 
 Every question of every eval file is evaluated (`--limit` caps each file). Under --out: table.{md,csv,json,png},
 records/<method>.jsonl (per question; a re-run resumes from them), and retrieval results are cached under
@@ -43,6 +44,8 @@ _LIMIT = flags.DEFINE_integer("limit", 0, "questions per eval file (0: all)")
 _CHUNK = flags.DEFINE_integer("chunk", 128, "questions per rollout call (the unit of resumption)")
 _STYLE = flags.DEFINE_enum("style", "auto", ["auto", "flashrag", "protocol"],
                            "the baselines' prompts; auto: flashrag when model.chat, else protocol")
+_SHOTS = flags.DEFINE_integer("shots", 0, "few-shot examples in the direct and rag prompts (flashrag style): the "
+                               "first N questions of the config's data.train_files with their answers")
 _BOOT = flags.DEFINE_integer("bootstrap", 1000, "bootstrap resamples per interval")
 _CACHE = flags.DEFINE_string("retrieval_cache", None, "retrieval cache directory (default: $SEARCHR2_CACHE/retrieval)")
 _COMPARE = flags.DEFINE_list("compare", None, "two table.json files: print them side by side (no evaluation)")
@@ -93,12 +96,12 @@ def main(argv):
     examples = loading.eval_examples(config, _LIMIT.value, agent.world)
     style = _STYLE.value if _STYLE.value != "auto" else ("flashrag" if config.model.chat else "protocol")
     setup = EvalSetup(agent.engine, agent.params, agent.retriever, config.rollout.topk, config.model.chat, style,
-                      jax.random.key(config.seed))
+                      jax.random.key(config.seed), loading.few_shot_examples(config, _SHOTS.value))
     logging.info("evaluating %s on %d questions (%s)", ",".join(_METHODS.value), len(examples), agent.model)
     t1 = time.time()
     results = run_methods(setup, examples, _METHODS.value, os.path.join(_OUT.value, "records"), _CHUNK.value)
     wall = time.time() - t1
-    settings = loading.settings(config, agent, style, _LIMIT.value)
+    settings = loading.settings(config, agent, style, _LIMIT.value, _SHOTS.value)
     table = table_lib.build_table(results, settings, n_boot=_BOOT.value,
                                   extra={"wall_s": {"load": t1 - t0, "evaluate": wall},
                                          "retriever_calls": agent.retriever.calls})

@@ -93,7 +93,7 @@ def rag_reference(tokenizer, passages, max_tokens: int) -> str:
 
 def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample], method: str, rng: jax.Array,
                      retriever=None, k: int = 3, chat: bool = False, batch_size: int = 64,
-                     style: str = "protocol") -> list[dict]:
+                     style: str = "protocol", shots: Sequence[tuple[str, str]] = ()) -> list[dict]:
     """The no-agent baselines, greedy, one answer turn, as `records` writes them.
 
     style="protocol": the response is forced to open with `<answer>` (direct), or with one search for the question
@@ -103,11 +103,15 @@ def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample
 
     style="flashrag": the question alone (direct), or the top-k passages and the question (rag), under a plain
     instruction to give only the answer; the reply's first line is the answer (or its `<answer>` span, if it writes
-    one). The reply gets `engine.config.max_obs_tokens` of passages and 32 new tokens."""
+    one). The reply gets `engine.config.max_obs_tokens` of passages and 32 new tokens. `shots`: (question, answer)
+    pairs written before the question as `Question: …\nAnswer: …` lines (training examples: they show a small model
+    the shape of an answer)."""
     if method not in BASELINES:
         raise ValueError(f"baseline {method!r}: expected one of {BASELINES}")
     if style not in PROMPT_STYLES:
         raise ValueError(f"style {style!r}: expected one of {PROMPT_STYLES}")
+    if shots and style != "flashrag":
+        raise ValueError(f"{len(shots)} shots: few-shot examples go only into the flashrag prompts")
     if method == "rag" and retriever is None:
         raise ValueError("the rag baseline needs a retriever")
     out = []
@@ -118,7 +122,7 @@ def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample
         queries = [protocol.normalize_question(ex.question) for ex in chunk]
         passages = retriever.search(queries, k) if method == "rag" else [None] * len(chunk)
         if style == "flashrag":
-            out.extend(_flashrag_records(engine, params, chunk, passages, chat))
+            out.extend(_flashrag_records(engine, params, chunk, passages, chat, shots))
             continue
         if method == "rag":
             prefixes = [f"{protocol.SEARCH_OPEN} {q} {protocol.SEARCH_CLOSE}" + protocol.render_information(p)
@@ -148,14 +152,17 @@ def _one_turn(engine: RolloutEngine) -> RolloutEngine:
 FLASHRAG_NEW_TOKENS = 32
 
 
-def _flashrag_records(engine: RolloutEngine, params, chunk, passages, chat: bool) -> list[dict]:
+def _flashrag_records(engine: RolloutEngine, params, chunk, passages, chat: bool,
+                      shots: Sequence[tuple[str, str]] = ()) -> list[dict]:
     from searchr2_jax.rollout.generate import generate
 
     tok, c = engine.tokenizer, engine.config
     systems = [DIRECT_INSTRUCTION if p is None else
                RAG_INSTRUCTION.format(reference=rag_reference(tok, p, c.max_obs_tokens)) for p in passages]
-    users = [f"Question: {protocol.normalize_question(ex.question)}" for ex in chunk]
-    if chat:
+    examples = "".join(f"Question: {protocol.normalize_question(q)}\nAnswer: {a}\n\n" for q, a in shots)
+    users = [f"{examples}Question: {protocol.normalize_question(ex.question)}" for ex in chunk]
+    if chat:  # FlashRAG's chat prompt is the bare question; after examples, the same cue they answered
+        users = [u + "\nAnswer:" for u in users] if shots else users
         replies = generate(engine.cfg, params, tok, users, chat=True, system=systems,
                            max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)
     else:

@@ -8,6 +8,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from searchr2_jax.data import qa as qa_lib
 from searchr2_jax.eval import evaluate as eval_lib
@@ -85,7 +86,23 @@ def eval_examples(config: ml_collections.ConfigDict, limit: int = 0, world=None)
     return list(split[:limit] if limit else split)
 
 
-def settings(config: ml_collections.ConfigDict, agent: Agent, style: str, limit: int = 0) -> dict:
+def few_shot_examples(config: ml_collections.ConfigDict, n: int) -> tuple[tuple[str, str], ...]:
+    """The baselines' `n` few-shot examples: (question, first gold answer) pairs drawn from the config's
+    `data.train_files` with `config.seed`, so they never come from the split being evaluated and do not depend on
+    how the file happens to be sorted."""
+    if n <= 0:
+        return ()
+    files = _files(config.data.train_files)
+    if not files:
+        raise ValueError(f"{n} shots: data.train_files is empty (few-shot examples come from the training split)")
+    train = [ex for f in files for ex in qa_lib.read_qa_file(f)]
+    if len(train) < n:
+        raise ValueError(f"{n} shots: {files} hold only {len(train)} questions")
+    pick = np.random.default_rng(int(config.get("seed", 0))).choice(len(train), n, replace=False)
+    return tuple((train[i].question, train[i].golden_answers[0]) for i in sorted(pick))
+
+
+def settings(config: ml_collections.ConfigDict, agent: Agent, style: str, limit: int = 0, shots: int = 0) -> dict:
     """Everything that makes two tables comparable (eval/table.EM_SETTINGS) and what was evaluated."""
     ro, desc = config.rollout, agent.retriever.description
     return {
@@ -95,5 +112,5 @@ def settings(config: ml_collections.ConfigDict, agent: Agent, style: str, limit:
         "k": int(ro.topk), "max_turns": int(ro.max_turns), "max_prompt_tokens": int(ro.max_prompt_tokens),
         "max_response_tokens": int(ro.max_response_tokens), "max_obs_tokens": int(ro.max_obs_tokens),
         "baseline_new_tokens": eval_lib.FLASHRAG_NEW_TOKENS if style == "flashrag" else int(ro.max_response_tokens),
-        "decoding": "greedy", "prompt_style": style, "eval_files": _files(config.data.eval_files),
+        "decoding": "greedy", "prompt_style": style, "shots": int(shots), "eval_files": _files(config.data.eval_files),
         "limit_per_file": limit, "refiner": "off (Actor only)"}

@@ -31,6 +31,7 @@ class EvalSetup:
     chat: bool
     style: str  # the baselines' prompts (eval/evaluate.PROMPT_STYLES)
     rng: jax.Array
+    shots: tuple[tuple[str, str], ...] = ()  # the baselines' few-shot (question, answer) examples
 
 
 def run_chunk(setup: EvalSetup, method: str, examples: Sequence[QAExample], rng: jax.Array) -> list[dict]:
@@ -38,7 +39,7 @@ def run_chunk(setup: EvalSetup, method: str, examples: Sequence[QAExample], rng:
     if method == "agent":
         return eval_lib.records(setup.engine, setup.params, examples, rng, setup.chat, batch_size=len(examples))
     return eval_lib.baseline_records(setup.engine, setup.params, examples, method, rng, setup.retriever, setup.k,
-                                     setup.chat, batch_size=len(examples), style=setup.style)
+                                     setup.chat, batch_size=len(examples), style=setup.style, shots=setup.shots)
 
 
 def _done_chunks(path: str) -> dict[int, list[dict]]:

@@ -41,7 +41,8 @@ MATCHING = ("EM: a prediction is right when, normalized as Search-R1 does (lower
 # Settings that change EM when they differ: two tables that differ in any of them are not compared. The model,
 # the checkpoint and wall times may differ (they are what a comparison is for).
 EM_SETTINGS = ("retriever", "k", "corpus", "encoder", "max_turns", "max_prompt_tokens", "max_response_tokens",
-               "max_obs_tokens", "baseline_new_tokens", "decoding", "prompt_style", "chat", "matching", "questions")
+               "max_obs_tokens", "baseline_new_tokens", "decoding", "prompt_style", "shots", "chat", "matching",
+               "questions")
 
 
 def column_of(source: str) -> tuple[str, str]:

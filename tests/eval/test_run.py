@@ -82,6 +82,40 @@ def test_flashrag_baselines_read_a_plain_reply_and_give_rag_the_passages(monkeyp
     assert len(seen) == 2 and all(len(ps) == 2 for ps in seen)  # rag only, top-k=2 passages each
 
 
+def test_few_shot_examples_precede_the_question_in_the_flashrag_prompts_only(monkeypatch, tmp_path):
+    from searchr2_jax.rollout import generate as generate_lib
+
+    s = setup(PLAIN_SCRIPT, style="flashrag")
+    prompts = []
+    real = generate_lib.generate
+    monkeypatch.setattr(generate_lib, "generate", lambda cfg, params, tok, users, **kw: prompts.extend(users)
+                        or real(cfg, params, tok, users, **kw))
+    shots = (("which river is longest", "nile"), ("who wrote hamlet?", "shakespeare"))
+    exs = examples(2)
+    recs = eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng, chat=False, style="flashrag",
+                                     shots=shots)
+    assert prompts[0] == (eval_lib.DIRECT_INSTRUCTION + "\n\nQuestion: which river is longest?\nAnswer: nile\n\nQuestion: who wrote hamlet?\n"
+                          "Answer: shakespeare\n\nQuestion: which capital city is number 0?\nAnswer:")
+    assert len(recs) == 2
+    with pytest.raises(ValueError, match="flashrag"):
+        eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng, style="protocol", shots=shots)
+    # The examples come from the config's training files, never from the evaluated split.
+    from ml_collections import ConfigDict
+
+    from searchr2_jax.eval.loading import few_shot_examples
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"id": str(i), "question": f"q{i}", "golden_answers": [f"a{i}", "x"]}) + "\n"
+                             for i in range(3)))
+    config = ConfigDict({"data": {"train_files": str(train)}})
+    two = few_shot_examples(config, 2)
+    assert len(set(two)) == 2 and all(a == f"a{q[1:]}" for q, a in two) and two == few_shot_examples(config, 2)
+    assert few_shot_examples(config, 0) == () and sorted(few_shot_examples(config, 3)) == [(f"q{i}", f"a{i}")
+                                                                                           for i in range(3)]
+    with pytest.raises(ValueError, match="only 3"):
+        few_shot_examples(config, 4)
+
+
 def test_an_interrupted_evaluation_resumes_to_the_same_records(tmp_path, monkeypatch):
     s = setup()
     exs = examples(5)
