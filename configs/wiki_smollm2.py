@@ -38,7 +38,8 @@ def get_config(arg=None):
         from searchr2_jax.data.wiki_qa import prepare_wiki_qa
 
         paths = prepare_wiki_qa()
-    c.model.update(dict(hf_path=a.hf_path, tokenizer=a.hf_path, chat=True))
+    # remat: an RL micro-batch (5 rows of up to 896 tokens) keeps only layer inputs, within a 24 GiB machine.
+    c.model.update(dict(hf_path=a.hf_path, tokenizer=a.hf_path, chat=True, remat=True))
     c.refiner.chat = True
     c.data.update(dict(train_files=paths["train"], eval_files=paths[a.eval_split], eval_examples=128))
     c.retrieval.update(dict(backend=a.backend, corpus_path=paths["corpus"], k=3))
