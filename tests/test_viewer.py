@@ -111,7 +111,7 @@ def test_sources_resolve_and_bad_input_is_named(tmp_path):
     bad.write_text('{"schema": 1}\n')
     done = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "view.py"), f"--jsonl={bad}"],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and "bad.jsonl:1: not a trajectory record" in done.stderr
+    assert done.returncode != 0 and "bad.jsonl: row 1: not a trajectory record" in done.stderr
 
 
 # ------------------------------------------------------------------------------------------------ headless Chromium
