@@ -113,13 +113,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                               "a tokenizer path (usually model.hf_path)")
         # Real data gets one-search demonstrations only (data/demos.search_demo): no flaws, refiner labels, renamed
         # names or copy drills, which need the synthetic world.
-        world_only = {k: config.sft[k] for k in ("flawed_fraction", "refiner_fraction", "stop_early_fraction",
-                                                 "copy_steps") if config.sft[k]}
-        if config.sft.fresh_names:
-            world_only["fresh_names"] = True
+        world_only = [k for k in ("flawed_fraction", "refiner_fraction", "stop_early_fraction", "copy_steps",
+                                  "fresh_names") if config.sft[k]]
         if config.sft.steps > 0 and world_only:
-            raise ConfigError(f"sft.{next(iter(world_only))}={next(iter(world_only.values()))}: needs the synthetic "
-                              "world; with data.train_files the warm start is one-search demonstrations (set it to 0)")
+            raise ConfigError(f"sft.{world_only[0]}={config.sft[world_only[0]]}: needs the synthetic world; with "
+                              "data.train_files the warm start is one-search demonstrations (set it to 0)")
         if not config.reward.outcome_only and config.reward.judge == "oracle":
             raise ConfigError("reward.judge='oracle' needs the synthetic world's gold passage ids; use 'llm', "
                               "'lexical' or 'none' with data.train_files")
@@ -311,7 +309,7 @@ class Trainer:
                                                      retriever=self.train_retriever)
             self._name_words = self.world.name_words()
         procs = jax.process_count()
-        rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
+        rng = self._sft_rng(step)
         examples = self.train_examples
         L, rows = (COPY_DRILL_LEN, c.copy_batch_size // procs) if drill else (c.seq_len, c.batch_size // procs)
         idx = rng.choice(len(examples), size=rows, replace=False)
@@ -321,18 +319,29 @@ class Trainer:
         if c.fresh_names or drill:
             demos = [d.renamed(synthetic.Renamer(self._name_words, random.Random(int(rng.integers(2**31)))))
                      for d in demos]
-        tokens = np.zeros((rows, L), np.int32)
-        mask = np.zeros((rows, L), np.float32)
-        valid = np.zeros((rows, L), bool)
-        for r, d in enumerate(demos):
+        rows_segs = []
+        for d in demos:
             # Sound demos (and the demonstrator's early answers) teach the Actor; a share of them and every other flawed
             # demo teach the refiner its label (the first flawed step, 0 when sound) under the rollout's prompt.
             if drill:
-                segs = d.copy_drill_segments()
+                rows_segs.append(d.copy_drill_segments())
             elif (d.flawed_step == 0 or d.stopped_early) and rng.random() >= c.refiner_fraction:
-                segs = d.sft_segments()
+                rows_segs.append(d.sft_segments())
             else:
-                segs = d.refiner_segments(prompt=self.config.refiner.prompt)
+                rows_segs.append(d.refiner_segments(prompt=self.config.refiner.prompt))
+        return self._pack(rows_segs, L)
+
+    def _sft_rng(self, step: int) -> np.random.Generator:
+        """The SFT batch generator of `step`; multi-host, each process draws its own rows."""
+        procs = jax.process_count()
+        return np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
+
+    def _pack(self, rows_segs, L: int):
+        """(tokens, valid, loss mask) [rows, L] of tokenized segment lists, each cut to L tokens and zero-padded."""
+        tokens = np.zeros((len(rows_segs), L), np.int32)
+        mask = np.zeros((len(rows_segs), L), np.float32)
+        valid = np.zeros((len(rows_segs), L), bool)
+        for r, segs in enumerate(rows_segs):
             ids, m = tokenize_segments(self.tokenizer, segs)
             ids, m = ids[:L], m[:L]
             tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
@@ -343,9 +352,8 @@ class Trainer:
         training retriever finds; questions it misses are skipped, drawn in a seeded order, so the batch is again a
         pure function of (config.seed, step)."""
         c, ro = self.config.sft, self.config.rollout
-        procs = jax.process_count()
-        rng = np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
-        rows, L = c.batch_size // procs, c.seq_len
+        rng = self._sft_rng(step)
+        rows, L = c.batch_size // jax.process_count(), c.seq_len
         order = rng.permutation(len(self.train_examples))
         demos: list = []
         for start in range(0, len(order), 2 * rows):
@@ -358,14 +366,7 @@ class Trainer:
         if len(demos) < rows:
             raise ConfigError(f"sft.batch_size={c.batch_size}: the retriever finds the answer of only {len(demos)} "
                               f"training questions")
-        tokens = np.zeros((rows, L), np.int32)
-        mask = np.zeros((rows, L), np.float32)
-        valid = np.zeros((rows, L), bool)
-        for r, d in enumerate(demos[:rows]):
-            ids, m = tokenize_segments(self.tokenizer, d.sft_segments())
-            ids, m = ids[:L], m[:L]
-            tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
-        return tokens, valid, mask
+        return self._pack([d.sft_segments() for d in demos[:rows]], L)
 
     def rollout_and_score(self, params, batch, rng, use_refiner: bool | None = None):
         """Rollouts for one group batch, then EM, process reward and the hybrid reward per trajectory."""
