@@ -106,7 +106,7 @@ PAPER_EVAL_FILES = ("nq/test.jsonl", "triviaqa/test.jsonl", "popqa/test.jsonl", 
 
 def paper_config(arg, *, model: str, tensor: int, micro_batches: int, devices: int, chip: str = "v5p",
                  chat: bool = True, slots: int = 256) -> ml_collections.ConfigDict:
-    """Search-R2 as the paper trains it (search_r2_paper.md §4, §6.3): GRPO n=5 on 512 prompts/step for 300 steps,
+    """Search-R2 as the paper trains it (the Search-R2 paper, §4 and §6.3): GRPO n=5 on 512 prompts/step for 300 steps,
     lr 1e-6 with warm-up ratio 0.285, low-variance KL 0.001 as a loss, no entropy bonus, 4 assistant turns, one
     revision, top-3 e5-base-v2 dense retrieval over wiki-18, NQ+HotpotQA train, bf16 with remat, no SFT.
 

@@ -1,4 +1,4 @@
-"""Search-R2 on Qwen2.5-32B-Instruct (search_r2_paper.md §6): GRPO n=5, 512 prompts x 300 steps, lr 1e-6 (warm-up
+"""Search-R2 on Qwen2.5-32B-Instruct (the Search-R2 paper, §6): GRPO n=5, 512 prompts x 300 steps, lr 1e-6 (warm-up
 0.285), low-var KL 0.001, 4 turns, top-3 e5-base-v2 over wiki-18, bf16 + remat, prompts through the chat template.
 
 Sized for 128 chips (e.g. a TPU v5p-256 slice): mesh data=1 x fsdp=16 x tensor=8 (the paper's TP 8), 40

@@ -1,4 +1,4 @@
-"""Search-R2 on Qwen3-8B (search_r2_paper.md §6): GRPO n=5, 512 prompts x 300 steps, lr 1e-6 (warm-up 0.285),
+"""Search-R2 on Qwen3-8B (the Search-R2 paper, §6): GRPO n=5, 512 prompts x 300 steps, lr 1e-6 (warm-up 0.285),
 low-var KL 0.001, 4 turns, top-3 e5-base-v2 over wiki-18, bf16 + remat, prompts through the chat template.
 
 Sized for 64 chips (e.g. a TPU v5p-128 slice): mesh data=1 x fsdp=32 x tensor=2 (the paper's TP 2), 20 micro-batches

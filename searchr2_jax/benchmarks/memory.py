@@ -14,7 +14,7 @@ the trainer's shardings (no weight is ever allocated):
               window at the whole cache (`rollout.slots` x capacity, the engine's capacity);
   append      `sampler.append_rows` for the worst admission: every slot at once, each a whole prompt
               (bucket(max_prompt_tokens) tokens) into a cache window of that size;
-  refiner     the Meta-Refiner's scoring pass (`refiner._next_token_logprobs`, table12 prompts) over
+  refiner     the Meta-Refiner's scoring pass (`refiner._prompt_end_logprobs`, table12 prompts) over
               `refiner.score_batch` finished slots (all of them when 0) at bucket(refiner.max_prompt_tokens) tokens,
               on the f32 master params. A follow-up prompt is scored in the slots, by the append program.
 
@@ -298,7 +298,7 @@ def compile_programs(config, model_cfg: DecoderConfig, mesh) -> dict:
         L = T.bucket(config.refiner.max_prompt_tokens)
         n = T.bucket(min(B, config.refiner.score_batch or B), minimum=1)
         cands = config.rollout.max_turns + 1
-        analyse("refiner", refiner_lib._next_token_logprobs.lower(
+        analyse("refiner", refiner_lib._prompt_end_logprobs.lower(
             model_cfg, state.params, _host((n, L), jnp.int32), _host((n, L), jnp.bool_), _host((cands,), jnp.int32)))
 
     layer_mats = {k for k, w in state.params["layers"].items() if w.ndim == 3}

@@ -137,7 +137,7 @@ def run(quick: bool = False) -> dict:
         compiles[0] += sum(f._cache_size() for f in jitted) - before
         # XLA:CPU maps memory for every compiled kernel: kept together, four configurations' programs reached the
         # 65,530 maps a process may hold (vm.max_map_count) and the suite aborted. Freed after each configuration,
-        # the peak was 61,187 at c6748e9 (seed 1's refined warm-up): little room for a workload reaching more shapes.
+        # the peak stays just under that limit: little room for a workload reaching more shapes.
         jax.clear_caches()
         return out, dt
 

@@ -13,10 +13,9 @@ Layout: a tuple of per-layer arrays, keys transposed (time last), values time-ma
 
 Per-layer buffers: the decoder's layer scan picks layer l's buffer by `lax.switch` (see `decoder.forward_hidden`), so
 attention reads it where it lies. A stacked [L, ...] cache is read through a dynamic slice, which XLA:CPU copies out
-before every dot: 30 layers of decode attention at batch 32 x 1,024 positions took 164 ms from a stacked cache and
-105 ms from per-layer buffers (one process, 2-core CPU).
+before every dot.
 Transposed keys: a decode step's q·k then reduces over head_dim as a non-minor axis, which XLA:CPU vectorizes along
-time (0.98 vs 2.39 ms for one layer at batch 32 x 1,024 positions). p·v reduces over time either way.
+time. p·v reduces over time either way.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: no overflow in the ratio; far beyond an
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
-    """Paper / verl defaults (search_r2_paper.md §4.2, §6.3; search_r1.md §5.1)."""
+    """Paper / verl defaults (the Search-R2 paper, §4.2 and §6.3; Search-R1's verl settings)."""
     return ml_collections.ConfigDict(dict(
         clip_eps_low=0.2,  # ratio clipped to [1 - low, 1 + high] (DAPO's clip-higher raises `high`)
         clip_eps_high=0.2,

@@ -85,7 +85,7 @@ def _candidate_logprobs(cfg: DecoderConfig, params, tokens, mask, targets, targe
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _next_token_logprobs(cfg: DecoderConfig, params, tokens, mask, candidates):
+def _prompt_end_logprobs(cfg: DecoderConfig, params, tokens, mask, candidates):
     """log p(candidate | prompt) for single-token candidates [C]: one forward per prompt, logits at its end."""
     hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=mask)
     last = jnp.maximum(mask.sum(axis=1) - 1, 0)
@@ -179,7 +179,7 @@ class MetaRefiner:
             for r, p in enumerate(prompts):
                 tokens[r, :len(p)], mask[r, :len(p)] = p, True
             cands = np.asarray([c[0] for c in self.candidate_ids], np.int32)
-            out = self.own_steps(np.asarray(_next_token_logprobs(self.cfg, params, tokens, mask, cands))[:n],
+            out = self.own_steps(np.asarray(_prompt_end_logprobs(self.cfg, params, tokens, mask, cands))[:n],
                                  num_steps)
             return (out, out[..., None]) if per_token else out
         rows = [(i, j) for i, t in enumerate(num_steps) for j in range(t + 1)]

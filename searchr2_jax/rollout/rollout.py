@@ -93,8 +93,8 @@ def call_with_timeout(fn: Callable, timeout_s: float, *args):
     return box["value"]
 
 
-# A chunk append's fixed cost in padded chunk tokens: a call took about 0.08 s more than its tokens, which cost about
-# 1.5 ms each (least squares over one base rollout's 44 appends, 2-core CPU).
+# A chunk append's fixed cost, in padded chunk tokens: fitted by least squares to the appends of one base rollout
+# (docs/performance.md, "Measurements behind design choices").
 APPEND_CALL_TOKENS = 48
 
 
@@ -132,8 +132,8 @@ DECODE_ROW_POSITIONS = 110
 def decode_groups(windows: Sequence[int]) -> list[tuple[int, int]]:
     """Splits running rows, sorted by the attention window each needs (ascending), into decode calls (start, end)
     that minimize the modelled cost of a step. One long conversation then no longer makes every short one attend to
-    its 1,024 positions: 31 rows at 256 positions and 1 at 1,024 cost about 126 + 38 ms a step in two calls, against
-    330 ms in one (32 rows at 1,024); and 17 rows go as 16 + 1 rather than padded to 32 when their windows are long."""
+    its long window (two calls cost less than one padded to the longest), and 17 rows go as 16 + 1 rather than padded
+    to 32 when their windows are long."""
     rows = lambda i, j: T.bucket(j - i, minimum=1)
     cost = lambda i, j: DECODE_CALL_POSITIONS + rows(i, j) * (DECODE_ROW_POSITIONS + windows[j - 1])
     return cheapest_split(len(windows), cost)

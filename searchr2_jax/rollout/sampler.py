@@ -115,7 +115,7 @@ def sample_token(logits: jax.Array, rng: jax.Array, sp: SamplingParams):
 
 def argmax_first(x: jax.Array) -> jax.Array:
     """`jnp.argmax(x, -1)` (the first index of the maximum) as two plain reductions: XLA:CPU runs argmax's
-    (value, index) reduction about 3.5x slower than a max and a min over the vocabulary (1.0 vs 3.6 ms at 32 x 49k)."""
+    (value, index) reduction several times slower than a max and a min over the vocabulary."""
     top = jnp.max(x, axis=-1, keepdims=True)
     n = x.shape[-1]
     first = jnp.min(jnp.where(x == top, jnp.arange(n, dtype=jnp.int32), n), axis=-1)

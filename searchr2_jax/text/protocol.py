@@ -1,9 +1,9 @@
 """The text protocol between the Actor, the search engine and the Meta-Refiner (host-side, pure Python).
 
-It follows Search-R1 (reference/search_r1.md §1.3, §3.2, §4.1): one user message holding the template and the
+It follows Search-R1 (its code and paper): one user message holding the template and the
 question; the model writes `<think>…</think>` then either `<search> q </search>` (the environment appends
 `\\n\\n<information>Doc 1(Title: …) …</information>\\n\\n`) or `<answer> a </answer>`; a turn with neither gets
-Search-R1's invalid-action message. The Meta-Refiner prompt is the paper's Table 12 (search_r2_paper.md §2.3).
+Search-R1's invalid-action message. The Meta-Refiner prompt is the paper's Table 12 (the Search-R2 paper, §2.3).
 
 Deviations from Search-R1, on purpose:
 - `parse_turn` decides by the *earliest closing tag* of the turn (the real stop string) and takes the content after the

@@ -31,7 +31,7 @@ def main(out: str) -> None:
                                      ("agent_em_before", "agent_before", before, "agent"),
                                      ("agent_em_warm", "agent_warm", warm, "agent"),
                                      ("agent_em_after", "agent_after", after, "agent")):
-        cell = table["methods"][method]["Avg"] if table else None
+        cell = table["methods"][method]["Avg"] if table and method in table["methods"] else None
         s[key] = cell["em"] if cell else None
         s[f"{key}_ci"] = cell["em_ci"] if cell else None
         for fig in ("acc", "f1", "searches", "response_tokens"):
@@ -53,7 +53,8 @@ def main(out: str) -> None:
                                    "met": s["rag_em"] >= 2 * s["direct_em"] and s["rag_em"] > 0},
         "rl_beats_untrained_beyond_interval": {
             "value": [s["agent_em_after"], s["agent_em_before_ci"]],
-            "met": None if after is None else s["agent_em_after"] > s["agent_em_before_ci"][1]},
+            "met": None if after is None or s["agent_em_before_ci"] is None
+            else s["agent_em_after"] > s["agent_em_before_ci"][1]},
         # The goal above credits the warm start too; this one is RL's own part, paired over the same questions.
         "rl_beats_warm_start_beyond_interval": {
             "value": [s["rl_gain_over_warm_start"], s["rl_gain_over_warm_start_ci"]],
