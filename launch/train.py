@@ -4,7 +4,9 @@
   python launch/train.py --config=configs/synthetic.py:variant=search_r1 --workdir=...     # an ablation row
   python launch/train.py --config=configs/qwen2p5_7b_r2.py --workdir=/mnt/disks/shared/run --multihost  # a TPU pod (a shared local/NFS path; gs:// metrics not yet)
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest checkpoint. If that checkpoint cannot be read (truncated,
+corrupted), the run exits naming it and the earlier steps; `--restore_step=N` resumes from step N instead, moving the
+later checkpoints into WORKDIR/checkpoints_discarded/.
 """
 
 import json
@@ -18,6 +20,8 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer go", required=True)
+_RESTORE_STEP = flags.DEFINE_integer("restore_step", None, "resume from this checkpoint step rather than the latest "
+                                     "(0: from scratch); later checkpoints are moved to WORKDIR/checkpoints_discarded/")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (one process per host)")
 
 
@@ -31,11 +35,18 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
+    from searchr2_jax.checkpoint import CheckpointError
     from searchr2_jax.trainer import Trainer
 
     logging.info("devices: %s", jax.devices())
     trainer = Trainer(_CONFIG.value, _WORKDIR.value)
-    final = trainer.run()
+    try:
+        final = trainer.run(restore_step=_RESTORE_STEP.value)
+    except CheckpointError as e:  # a message to act on, not a traceback
+        # A failed restore leaves orbax reads behind that fail again as they are collected at exit; their
+        # tracebacks would bury the message.
+        sys.unraisablehook = lambda unraisable: None
+        sys.exit(f"error: {e}")
     print(json.dumps({k: round(v, 4) for k, v in sorted(final.items())}, indent=1))
 
 

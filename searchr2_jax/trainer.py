@@ -4,7 +4,8 @@ checkpoints, metrics and periodic greedy Actor-only evaluation. The one orchestr
 Phases share one step counter: steps [0, sft.steps) are the supervised warm start on the synthetic world's
 demonstrations (and refiner labels), or on real QA data one-search demonstrations; steps [sft.steps, sft.steps +
 train.steps) are RL. A run killed at any point resumes from its latest checkpoint (state, PRNG key and data iterator)
-and continues the same streams.
+and continues the same streams (benchmarks/checkpoint_kill.py kills real runs to check it). A checkpoint that cannot be
+read stops the run naming the earlier steps; `run(restore_step=N)` resumes from one of them.
 """
 
 from __future__ import annotations
@@ -471,7 +472,8 @@ class Trainer:
 
     def restore(self, step: int | None = None) -> int:
         """Loads checkpoint `step` (default: the latest) into the state and data iterator; returns its step (0 when
-        the workdir has none and `step` is None)."""
+        the workdir has none and `step` is None). An unreadable checkpoint raises ckpt_lib.CheckpointError, which
+        names the earlier steps to resume from with `run(restore_step=...)`."""
         step = self.ckpt.latest_step() if step is None else step
         if step is None:
             return 0
@@ -488,6 +490,22 @@ class Trainer:
             self.iterator.set_state(it_state)
         logging.info("resumed from step %d", step)
         return int(step)
+
+    def restore_earlier(self, step: int) -> int:
+        """Resumes from checkpoint `step` rather than the latest (0: from scratch), moving the later checkpoints into
+        `checkpoints_discarded/` (never deleting them) so that the steps after `step` are saved again."""
+        available = self.ckpt.all_steps()
+        if step and step not in available:
+            raise ckpt_lib.CheckpointError(f"restore_step={step}: no checkpoint of that step in "
+                                           f"{self.ckpt.directory}. {self.ckpt.resume_hint()}")
+        step = self.restore(step) if step else 0  # before moving anything: a bad `step` leaves the workdir as it was
+        if self.process_index == 0:
+            for path in self.ckpt.discard_after(step):
+                logging.warning("restore_step=%d: moved the later checkpoint to %s", step, path)
+        if self.num_processes > 1:
+            multihost_utils.sync_global_devices("searchr2_jax discard later checkpoints")
+            self.ckpt.reload()
+        return step
 
     def save(self, step: int, force: bool = False):
         data = {"iterator": self.iterator.get_state(), "lr_scale": self.lr_scale}
@@ -525,20 +543,21 @@ class Trainer:
             logging.warning("no RL checkpoint before step %d to roll back to; training on", report.onset_step)
             return metrics, None
         scale = self.lr_scale * tr.rollback_lr_factor
-        self.restore(target)
+        self.restore_earlier(target)  # the collapsed checkpoints move aside, so the redone steps are saved again
         self._set_lr_scale(scale)  # after restore, which sets the (older) checkpoint's own scale
         self.rollbacks += 1
         self.sentinel.reset_streaks()
         logging.warning("rolled back to step %d with the learning rate x %g", target, scale)
         return dict(metrics, **{"sentinel/rollback_to": float(target), "sentinel/lr_scale": scale}), target
 
-    def run(self, stop_at: int | None = None) -> dict:
-        """Trains from the latest checkpoint to the end (or, when `stop_at` is given, up to that step: a deliberate
-        interruption, as preemption would do, for resume tests). Returns the last logged metrics."""
+    def run(self, stop_at: int | None = None, restore_step: int | None = None) -> dict:
+        """Trains from the latest checkpoint (or from `restore_step`, see `restore_earlier`) to the end (or, when
+        `stop_at` is given, up to that step: a deliberate interruption, as preemption would do, for resume tests).
+        Returns the last logged metrics."""
         c = self.config
         total = self.sft_steps + self.rl_steps
         end = total if stop_at is None else min(stop_at, total)
-        step = self.restore()
+        step = self.restore() if restore_step is None else self.restore_earlier(restore_step)
         last = {}
         t_run = time.time()
         from tqdm import tqdm

@@ -31,6 +31,8 @@ Figures
   retrieval_kill_outage_queries   the queries of the round the kill landed in
   retrieval_kill_max_call_s       the longest retrieval call, against its bound `retrieval_kill_call_bound_s` (two
                                   attempts of CLIENT_TIMEOUT_S and the backoff between them)
+  checkpoint_kill_*               `kill -9` of real launch/train.py processes at several points, checkpoint writes
+                                  included, and a corrupted checkpoint: see benchmarks/checkpoint_kill.py
   sentinel_detects_injected_collapse
                                   1 if `rl.sentinel.Sentinel` fires the right check on each injected collapse
                                   (reward to 0, entropy collapse, searches to 0, "!!!!" responses, a skipped-update
@@ -39,7 +41,8 @@ Figures
   wall_s                          the whole suite
 
 Each group of figures is one function (`server_fuzz_figures`, `rollout_fuzz_figures`, `retrieval_kill_figures`,
-`loader_figures`, `sentinel_figures`) returning its own dict; `run` merges them.
+`checkpoint_kill.checkpoint_kill_figures`, `loader_figures`, `sentinel_figures`) returning its own dict; `run` merges
+them.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ import jax
 import numpy as np
 from absl import logging
 from safetensors.numpy import save_file
+
+from searchr2_jax.benchmarks import checkpoint_kill
 
 FUZZ_REQUESTS = 1600  # 100 rounds of the 16 hostile kinds
 QUICK_FUZZ_REQUESTS = 100
@@ -353,6 +358,7 @@ def run(quick: bool = False) -> dict:
     figures.update(server_fuzz_figures(QUICK_FUZZ_REQUESTS if quick else FUZZ_REQUESTS))
     figures.update(rollout_fuzz_figures(QUICK_FUZZ_CASES if quick else FUZZ_CASES))
     figures.update(retrieval_kill_figures())
+    figures.update(checkpoint_kill.checkpoint_kill_figures(quick=quick))
     figures.update(loader_figures())
     figures.update(sentinel_figures())
     figures["wall_s"] = round(time.time() - start, 2)

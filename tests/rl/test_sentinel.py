@@ -165,4 +165,7 @@ def test_trainer_rolls_back_before_the_onset_with_a_lower_learning_rate(tmp_path
     assert trainer.lr_scale == 0.5 and trainer.rollbacks == 1
     ckpt = ckpt_lib.Checkpointer(os.path.join(str(tmp_path), "checkpoints"))
     assert ckpt.restore(trainer.state, 5)[1]["lr_scale"] == 0.5  # a resumed run keeps the lower rate
+    # The collapsed steps' checkpoints were moved aside, so the redone steps were saved in their place.
+    assert ckpt.restore(trainer.state, 3)[1]["lr_scale"] == 0.5
+    assert os.listdir(os.path.join(str(tmp_path), "checkpoints_discarded")) == ["3"]  # step 4 was never saved
     ckpt.close()
