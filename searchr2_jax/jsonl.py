@@ -37,14 +37,23 @@ def read_jsonl(path: str, torn_tail_ok: bool = False) -> list:
     return [obj for _, obj in iter_jsonl(path, torn_tail_ok)]
 
 
+def cut_torn_tail(path: str) -> bool:
+    """Cuts a last line without its newline (a write a kill cut short) off `path`, so the next append starts a line
+    of its own; returns whether there was one."""
+    if not os.path.isfile(path) or not os.path.getsize(path):
+        return False
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
 def append_jsonl(path: str, rows: Iterable) -> None:
     """Appends `rows` in one write, flushed to disk, after cutting a torn last line."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if os.path.isfile(path) and os.path.getsize(path):
-        with open(path, "rb+") as f:
-            data = f.read()
-            if not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+    cut_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()

@@ -11,6 +11,9 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
+
+from searchr2_jax.jsonl import cut_torn_tail
 
 
 class MetricWriter:
@@ -21,6 +24,8 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
+        if cut_torn_tail(self.path):  # a run killed mid-write: its resumed steps are logged again anyway
+            logging.warning("%s: cut a torn last row left by an interrupted run", self.path)
         self._file = open(self.path, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
