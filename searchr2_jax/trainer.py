@@ -39,7 +39,7 @@ from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, token_values
 from searchr2_jax.rollout import dump as dump_lib
 from searchr2_jax.rollout import types as T
-from searchr2_jax.rollout.refiner import MetaRefiner
+from searchr2_jax.rollout.refiner import MAX_REVISIONS, MetaRefiner
 from searchr2_jax.rollout.rollout import RolloutEngine
 from searchr2_jax.text import tokenizer as tok_lib
 from searchr2_jax.text.tokenizer import tokenize_segments
@@ -71,8 +71,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     if ro.max_turns < 1:
         raise ConfigError(f"rollout.max_turns={ro.max_turns}: at least one assistant turn is needed"
                           + (" (and refiner.enabled=True revises a turn of it)" if rf.enabled else ""))
-    if rf.enabled and not 0 <= rf.max_revisions <= 4:
-        raise ConfigError(f"refiner.max_revisions={rf.max_revisions}: expected 0..4")
+    if rf.enabled and not 0 <= rf.max_revisions <= MAX_REVISIONS:
+        raise ConfigError(f"refiner.max_revisions={rf.max_revisions}: expected 0..{MAX_REVISIONS}")
+    if config.retrieval.k != ro.topk:
+        raise ConfigError(f"retrieval.k={config.retrieval.k} differs from rollout.topk={ro.topk}: training and "
+                          "evaluation retrieve rollout.topk passages per search; set both to the same value")
     procs = jax.process_count() if num_processes is None else num_processes
     if tr.prompts_per_step % procs:
         raise ConfigError(f"train.prompts_per_step={tr.prompts_per_step} does not split over the {procs} processes "

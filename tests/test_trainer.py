@@ -279,6 +279,12 @@ def test_refiner_needs_turns():
     _expect(c, "rollout.max_turns")
 
 
+def test_retrieval_k_must_agree_with_the_rollouts_topk():
+    c = tiny_config()
+    c.retrieval.k = c.rollout.topk + 2  # training would silently retrieve rollout.topk
+    _expect(c, "retrieval.k")
+
+
 def test_micro_batches_must_divide_rows():
     c = tiny_config()
     c.train.micro_batches = 3  # rows = 2 prompts x 2
@@ -346,6 +352,7 @@ def test_real_data_warm_start_batches_are_one_search_demos_of_found_answers(tmp_
     c.data.update(dict(train_files=str(tmp_path / "train.jsonl"), eval_files=str(tmp_path / "train.jsonl")))
     c.retrieval.update(dict(backend="bm25", corpus_path=str(tmp_path / "corpus.jsonl")))
     c.rollout.update(dict(topk=2, max_obs_tokens=96))
+    c.retrieval.k = 2
     c.reward.judge = "lexical"
     c.sft.update(dict(flawed_fraction=0.0, refiner_fraction=0.0, stop_early_fraction=0.0, copy_steps=0,
                       batch_size=8, seq_len=384))
