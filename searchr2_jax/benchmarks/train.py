@@ -4,11 +4,18 @@ in one process. Each variant is timed on its second step so compilation is exclu
 
   step_time_r1, step_time_r2   seconds per RL step
   r2_overhead                  step_time_r2 / step_time_r1 - 1 (the paper reports +5% on average, Table 5)
+  train_step_overhead_r2       the jitted train step alone: train_step_s_r2 / train_step_s_r1 - 1
+  train_tokens_r1, _r2         real tokens the train step reads (trajectory rows + meta-action rows)
+  meta_duplicate_tokens        tokens of the meta-action rows that repeat a prefix their trajectory's row already
+                               holds (prompt and kept response): what packing the meta-actions into their trajectory's
+                               row would save
   train_step_mfu               model FLOPs of the jitted train step / its time / the matmul peak measured here
+  peak_rss_bytes               the process's peak resident memory at the end
 """
 
 from __future__ import annotations
 
+import resource
 import time
 
 import jax
@@ -34,6 +41,21 @@ def _config(quick: bool):
     return c
 
 
+def meta_duplicate_tokens(traj) -> int:
+    """Tokens of `traj`'s meta-action rows that its own row already holds: each refiner prompt's common prefix with
+    the trajectory's prompt + response (with a follow-up prompt, the conversation up to its cut or its end)."""
+    row = list(traj.job.prompt_ids) + [int(i) for i in traj.response_ids]
+    total = 0
+    for m in traj.meta_actions:
+        n = 0
+        for a, b in zip(m.prompt_ids, row):
+            if a != b:
+                break
+            n += 1
+        total += n
+    return total
+
+
 def run(quick: bool = False) -> dict:
     import tempfile
 
@@ -55,16 +77,17 @@ def run(quick: bool = False) -> dict:
         jax.block_until_ready(metrics)
         t2 = time.perf_counter()
         tokens = float(np.sum(sb.valid)) + float(np.sum(sb.meta_valid))
-        return t2 - t0, t2 - t1, tokens, sb
+        return t2 - t0, t2 - t1, tokens, trajs
 
     figures = {}
     for name, (ref, meta) in {"r1": (False, False), "r2": (True, True)}.items():
         one_step(ref, meta)  # compile
-        total, step_s, tokens, sb = one_step(ref, meta)
+        total, step_s, tokens, trajs = one_step(ref, meta)
         figures[f"step_time_{name}"] = total
         figures[f"train_step_s_{name}"] = step_s
         figures[f"train_tokens_{name}"] = tokens
         if name == "r2":
+            figures["meta_duplicate_tokens"] = float(sum(meta_duplicate_tokens(t) for t in trajs))
             # forward + backward = 6 N per token, plus the frozen reference's forward (2 N) for the KL term,
             # counted over every real token of the padded batch (trajectories and meta-action sequences).
             use_ref = trainer.state.ref_params is not None
@@ -73,5 +96,7 @@ def run(quick: bool = False) -> dict:
             figures["train_step_mfu"] = flops / step_s / peak
             figures["matmul_peak_gflops"] = peak / 1e9
     figures["r2_overhead"] = figures["step_time_r2"] / figures["step_time_r1"] - 1.0
+    figures["train_step_overhead_r2"] = figures["train_step_s_r2"] / figures["train_step_s_r1"] - 1.0
+    figures["peak_rss_bytes"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
     figures["rows"] = float(len(batch.examples) * batch.group_size)
     return figures
