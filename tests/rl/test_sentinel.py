@@ -132,6 +132,7 @@ def test_rollback_target_is_the_last_checkpoint_before_the_onset():
     assert S.rollback_target([], onset_step=30, first_rl_step=0) is None
 
 
+@pytest.mark.slow
 def test_trainer_rolls_back_before_the_onset_with_a_lower_learning_rate(tmp_path, monkeypatch):
     import os
 
