@@ -43,9 +43,13 @@ def main(argv):
     try:
         final = trainer.run(restore_step=_RESTORE_STEP.value)
     except CheckpointError as e:  # a message to act on, not a traceback
-        # A failed restore leaves orbax reads behind that fail again as they are collected at exit; their
-        # tracebacks would bury the message.
+        # A failed restore leaves orbax reads behind that fail again as they are collected at exit, through
+        # unraisable-exception hooks or asyncio's "exception was never retrieved" log; their tracebacks would bury
+        # the message.
+        import logging as std_logging
+
         sys.unraisablehook = lambda unraisable: None
+        std_logging.getLogger("asyncio").disabled = True
         sys.exit(f"error: {e}")
     print(json.dumps({k: round(v, 4) for k, v in sorted(final.items())}, indent=1))
 
