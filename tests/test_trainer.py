@@ -18,6 +18,7 @@ from jax._src import compilation_cache
 
 from configs import smoke
 from searchr2_jax import checkpoint as ckpt_lib
+from searchr2_jax.benchmarks.checkpoint_kill import is_timing
 from searchr2_jax.jsonl import read_jsonl
 from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rollout import types as T
@@ -85,10 +86,6 @@ def by_step(workdir):
     for row in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
         rows.setdefault(row["step"], {}).update(row)
     return rows
-
-
-def is_timing(key):  # wall-clock measurements differ between any two runs
-    return key in ("time", "step", "rollout/host_fraction") or key.startswith("perf/") or key.endswith("_s")
 
 
 def final_state(workdir):

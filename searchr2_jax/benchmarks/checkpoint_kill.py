@@ -79,7 +79,7 @@ RTOL, ATOL = 1e-6, 1e-7
 
 
 def is_timing(key: str) -> bool:
-    """Metrics that differ between any two runs (wall-clock), as in tests/test_trainer.py."""
+    """Metrics that differ between any two runs (wall-clock); the resume tests compare all the others."""
     return key in ("time", "step", "rollout/host_fraction") or key.startswith("perf/") or key.endswith("_s")
 
 

@@ -45,7 +45,6 @@ TAG_PIECES = ("<", "</", ">", "/", "search", "answer", "information", "think", "
 WORDS = ("river city empire bridge harbor castle desert forest island volcano library museum composer painter "
          "novel planet comet engine railway canal glacier valley the of who what where born capital").split()
 
-CLASSES = protocol.PROTOCOL_TAGS + ("eos", "special", "piece", "word", "odd", "long")
 OTHER = "other"  # every token outside the alphabet (prompt, observations) shares one state
 _TH, _THC, _S, _SC, _I, _IC, _A, _AC = protocol.PROTOCOL_TAGS
 
@@ -127,11 +126,10 @@ class Walker:
         W /= W.sum(axis=1, keepdims=True)
         D, V = self.cfg.hidden_size, self.cfg.vocab_size
         logp = np.full((D, V), -30.0, np.float32)
-        token_state = {i: self.index[i] for c in names for i in self.classes[c]}
         state_class = {0: OTHER}
         for c in names:
             for i in self.classes[c]:
-                state_class.setdefault(int(token_state[i]), c)
+                state_class.setdefault(int(self.index[i]), c)
         for d in range(D):
             row = W[states.index(state_class[d])]
             for c, p in zip(names, row):
@@ -258,6 +256,10 @@ def check_trajectory(traj: T.Trajectory, tokenizer, stops: dict, config, retriev
     return bad
 
 
+_TAG_PREFIXES = {t[:j] for t in protocol.PROTOCOL_TAGS for j in range(1, len(t))}
+_LONGEST_TAG = max(len(t) for t in protocol.PROTOCOL_TAGS)
+
+
 def hostile_kinds(traj: T.Trajectory, tokenizer) -> set[str]:
     """Which hostile kinds the model's own text in this row contains (a revised row's drafts count too)."""
     texts = []
@@ -298,9 +300,6 @@ def hostile_kinds(traj: T.Trajectory, tokenizer) -> set[str]:
     return kinds
 
 
-_TAG_PREFIXES = {t[:j] for t in protocol.PROTOCOL_TAGS for j in range(1, len(t))}
-_LONGEST_TAG = max(len(t) for t in protocol.PROTOCOL_TAGS)
-
 
 class FuzzHang(Exception):
     pass
@@ -340,16 +339,22 @@ def default_fuzz_config() -> ml_collections.ConfigDict:
     ))
 
 
-def fuzz(tokenizer, retriever, config: ml_collections.ConfigDict | None = None, seed: int = 0) -> dict:
-    """Rolls out `config.cases` hostile rows through `RolloutEngine` and checks each; returns the figures."""
-    fc = config or default_fuzz_config()
-    walker = Walker.build(tokenizer)
-    flaky = FlakyRetriever(retriever, fc.fail_share)
+def rollout_config(fc: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The engine's config for a fuzz config: its shapes and timeout, sampled at temperature 1."""
     rc = rollout_lib.default_rollout_config()
     rc.update(dict(slots=fc.slots, max_turns=fc.max_turns, max_prompt_tokens=fc.max_prompt_tokens,
                    max_response_tokens=fc.max_response_tokens, max_obs_tokens=fc.max_obs_tokens, topk=fc.topk,
                    segment_steps=fc.segment_steps, retrieval_timeout_s=fc.retrieval_timeout_s, temperature=1.0,
                    min_shared_prefix=8))
+    return rc
+
+
+def fuzz(tokenizer, retriever, config: ml_collections.ConfigDict | None = None, seed: int = 0) -> dict:
+    """Rolls out `config.cases` hostile rows through `RolloutEngine` and checks each; returns the figures."""
+    fc = config or default_fuzz_config()
+    walker = Walker.build(tokenizer)
+    flaky = FlakyRetriever(retriever, fc.fail_share)
+    rc = rollout_config(fc)
     refiner_cfg = refiner_lib.default_refiner_config()
     refiner_cfg.max_revisions = 2
     refiner_cfg.margin = -1e9  # revise every judged row at its most likely step: the cut path runs on every row

@@ -58,11 +58,7 @@ def test_a_few_hundred_hostile_rows_end_with_a_status_and_break_no_invariant(fig
 def rows(tok):
     """A hand-run batch on the "protocol" chain: rows, the engine's config, its retriever, and the stops."""
     walker = fuzz.Walker.build(tok)
-    c = small_config()
-    rc = rollout_lib.default_rollout_config()
-    rc.update(dict(slots=c.slots, max_turns=c.max_turns, max_prompt_tokens=c.max_prompt_tokens,
-                   max_response_tokens=c.max_response_tokens, max_obs_tokens=c.max_obs_tokens, topk=c.topk,
-                   segment_steps=c.segment_steps))
+    rc = fuzz.rollout_config(small_config())
     retriever = fuzz.FlakyRetriever(WordRetriever(), fail_share=0.0)
     engine = rollout_lib.RolloutEngine(walker.cfg, tok, retriever, rc)
     jobs = [T.Job(tok.encode(f"Question: river {i}", add_special_tokens=False), group_id=i) for i in range(32)]
