@@ -36,7 +36,7 @@ from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rl import judges, rewards
 from searchr2_jax.rl import sentinel as sentinel_lib
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, token_values
+from searchr2_jax.rl.train_step import MetaRows, StepBatch, make_sft_step, make_train_step, token_values
 from searchr2_jax.rollout import dump as dump_lib
 from searchr2_jax.rollout import types as T
 from searchr2_jax.rollout.refiner import MAX_REVISIONS, MetaRefiner
@@ -417,23 +417,25 @@ class Trainer:
                 rejection_sampling=c.rl.rejection_sampling))
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         num_meta = T.meta_rows(len(trajs), c.refiner.max_revisions, c.train.micro_batches, shards)
+        # A follow-up prompt continues the trajectory: its meta-actions ride in the trajectory's row.
+        pack = c.refiner.prompt == "followup"
         # The padded lengths to_batch would pick; multi-host, the largest over hosts so that every host agrees.
-        seq_len = T.bucket(max((len(t.job.prompt_ids) + len(t.response_ids) for t in trajs), default=1))
+        seq_len = T.bucket(max((len(T.packed_row(t, pack).tokens) for t in trajs), default=1))
         meta_len = T.bucket(max((len(m.prompt_ids) + len(m.action_ids) for t in trajs for m in t.meta_actions),
                                 default=1))
         if jax.process_count() > 1:
             seq_len, meta_len = (int(v) for v in np.asarray(multihost_utils.process_allgather(
                 np.asarray([seq_len, meta_len], np.int32))).max(axis=0))
-        b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=num_meta)
-        loss_mask, meta_mask = (np.asarray(x) for x in adv_lib.drop_rows(keep, b.loss_mask, b.meta_mask,
-                                                                         b.meta_index))
-        valid = np.arange(b.tokens.shape[1])[None, :] < b.lengths[:, None]
+        b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=num_meta, pack_meta=pack)
+        loss_mask = np.asarray(adv_lib.drop_rows(keep, b.loss_mask))
+        idx = np.arange(b.tokens.shape[1])[None, :]
+        valid = idx < b.lengths[:, None]
         zeros = np.zeros(b.tokens.shape, np.float32)
         old_values, returns = zeros, zeros
         if ppo and not c.rl.rejection_sampling:
             # PPO: the critic's values under the sampling policy's parameters, the reward on each trajectory's last
             # generated token, GAE across the retrieved spans, advantages whitened over the batch's loss tokens.
-            old_values = np.asarray(self._values(self.local_params(), b.tokens, valid))
+            old_values = np.asarray(self._values(self.local_params(), b.tokens, idx < b.traj_lengths[:, None]))
             mask = jnp.asarray(loss_mask)
             adv, ret = adv_lib.gae_advantages(adv_lib.terminal_rewards(jnp.asarray(reward), mask),
                                               jnp.asarray(old_values), mask, c.rl.gamma, c.rl.lam)
@@ -445,12 +447,19 @@ class Trainer:
             old_values = np.where(loss_mask > 0, old_values, 0.0).astype(np.float32)
         else:
             adv_tok = seq_adv[:, None] * (loss_mask > 0)
-        train_meta = c.refiner.enabled and c.rl.train_meta_actions
-        meta_adv = np.where(b.meta_index >= 0, seq_adv[np.maximum(b.meta_index, 0)], 0.0)[:, None] * meta_mask
-        mvalid = np.arange(b.meta_tokens.shape[1])[None, :] < b.meta_lengths[:, None]
-        return StepBatch(b.tokens, valid, loss_mask, b.logprobs, adv_tok.astype(np.float32),
-                         returns.astype(np.float32), old_values, b.meta_tokens, mvalid,
-                         (meta_mask * train_meta).astype(np.float32), b.meta_logprobs, meta_adv.astype(np.float32))
+        train_meta = float(c.refiner.enabled and c.rl.train_meta_actions)
+        meta_mask = np.asarray(adv_lib.drop_rows(keep, b.meta_mask)) * train_meta
+        adv_tok = np.where(meta_mask > 0, seq_adv[:, None], adv_tok).astype(np.float32)
+        rows = None
+        if b.meta_rows is not None and train_meta:
+            r = b.meta_rows
+            rmask = np.asarray(adv_lib.drop_rows(keep, r.mask, r.index)) * train_meta
+            radv = np.where(r.index >= 0, seq_adv[np.maximum(r.index, 0)], 0.0)[:, None] * rmask
+            rows = MetaRows(r.tokens, np.arange(r.tokens.shape[1])[None, :] < r.lengths[:, None], rmask,
+                            r.logprobs, radv.astype(np.float32))
+        return StepBatch(tokens=b.tokens, valid=valid, packing=decoder.Packing(b.positions, b.segment_ids, b.shared),
+                         loss_mask=loss_mask, meta_mask=meta_mask, old_logprobs=b.logprobs, advantages=adv_tok,
+                         returns=returns.astype(np.float32), old_values=old_values, meta_rows=rows)
 
     def diagnostics(self, step: int) -> dict:
         """The Meta-Refiner's Prop. 4.1 / 4.2 terms (`rl/diagnostics.py`) on `train.diagnostics_prompts` training

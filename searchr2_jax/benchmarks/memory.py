@@ -8,8 +8,9 @@ the trainer's shardings (no weight is ever allocated):
               KL's reference params, the optax state, state donated), given the mesh (`make_train_step(mesh=)`,
               which keeps the rows split over data x fsdp: without it the step does not fit any pod), on the worst
               step batch the config allows:
-              rows = prompts_per_step x group_size, tokens = bucket(max_prompt_tokens + max_response_tokens), the
-              meta-action rows of `rollout/types.meta_rows` at bucket(refiner.max_prompt_tokens) tokens;
+              rows = prompts_per_step x group_size at the tokens of `step_shapes` (follow-up meta-actions packed in
+              them), and for table12 prompts the meta-action rows of `rollout/types.meta_rows` at
+              bucket(refiner.max_prompt_tokens) tokens;
   decode      `sampler.decode_segment` over every slot (a mesh decodes all slots in one call) with the attention
               window at the whole cache (`rollout.slots` x capacity, the engine's capacity);
   append      `sampler.append_rows` for the worst admission: every slot at once, each a whole prompt
@@ -62,7 +63,7 @@ from jax.sharding import PartitionSpec as P
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.rl.train_step import StepBatch
+from searchr2_jax.rl.train_step import MetaRows, StepBatch
 from searchr2_jax.rollout import refiner as refiner_lib
 from searchr2_jax.rollout import sampler
 from searchr2_jax.rollout import types as T
@@ -141,15 +142,19 @@ def model_config(config) -> DecoderConfig:
 
 
 def step_shapes(config, shards: int) -> dict:
-    """The largest step batch the config allows: trajectory rows x tokens, meta-action rows x tokens (as
-    `Trainer.step_batch` pads them, with every trajectory at its prompt + response budget)."""
+    """The largest step batch the config allows, as `Trainer.step_batch` pads it with every trajectory at its
+    prompt + response budget: trajectory rows x tokens, and the meta-action rows x tokens of table12 prompts
+    (`meta_rows` 0 otherwise). Follow-up meta-actions ride in the trajectory rows (`rollout/types.packed_row`): per
+    decision (at most `max_revisions`) a discarded suffix of at most the response budget, a follow-up (counted as
+    128 tokens, about 80 with the Qwen tokenizers) and its integer (up to 8 tokens)."""
     rows = config.train.prompts_per_step * config.rl.group_size
-    ref = config.refiner
-    meta_len = (T.bucket(ref.max_prompt_tokens) if ref.prompt == "table12"
-                else T.bucket(config.rollout.max_prompt_tokens + config.rollout.max_response_tokens + 128))
-    return dict(rows=rows, seq_len=T.bucket(config.rollout.max_prompt_tokens + config.rollout.max_response_tokens),
-                meta_rows=T.meta_rows(rows, ref.max_revisions, config.train.micro_batches, shards),
-                meta_len=meta_len if ref.enabled else T.bucket(1))
+    ref, ro = config.refiner, config.rollout
+    packed = ref.enabled and ref.prompt == "followup"
+    branches = ref.max_revisions * (ro.max_response_tokens + 136) if packed else 0
+    table12 = ref.enabled and ref.prompt == "table12"
+    return dict(rows=rows, seq_len=T.bucket(ro.max_prompt_tokens + ro.max_response_tokens + branches),
+                meta_rows=T.meta_rows(rows, ref.max_revisions, config.train.micro_batches, shards) if table12 else 0,
+                meta_len=T.bucket(ref.max_prompt_tokens))
 
 
 def rollout_shapes(config) -> dict:
@@ -178,7 +183,7 @@ def undivided(config, model_cfg: DecoderConfig, mesh) -> list[str]:
     s = step_shapes(config, shards)
     micro = config.train.micro_batches
     for what, n in (("trajectory rows", s["rows"]), ("meta-action rows", s["meta_rows"])):
-        if n % micro or (n // micro) % shards:
+        if n and (n % micro or (n // micro) % shards):
             out.append(f"{what} {n} / train.micro_batches {micro} do not split over data x fsdp = {shards}")
     if config.rollout.slots % shards:
         out.append(f"rollout.slots {config.rollout.slots} do not split over data x fsdp = {shards}")
@@ -214,9 +219,10 @@ def abstract_batch(config, mesh) -> StepBatch:
     rows = sharding.batch_sharding(mesh, 2)
     seq = lambda n, t, dt: jax.ShapeDtypeStruct((n, t), dt, sharding=rows)  # noqa: E731
     n, t, m, q = s["rows"], s["seq_len"], s["meta_rows"], s["meta_len"]
-    f32 = jnp.float32
-    return StepBatch(seq(n, t, jnp.int32), seq(n, t, jnp.bool_), *(seq(n, t, f32) for _ in range(5)),
-                     seq(m, q, jnp.int32), seq(m, q, jnp.bool_), *(seq(m, q, f32) for _ in range(3)))
+    f32, i32 = jnp.float32, jnp.int32
+    meta_rows = MetaRows(seq(m, q, i32), seq(m, q, jnp.bool_), *(seq(m, q, f32) for _ in range(3))) if m else None
+    return StepBatch(seq(n, t, i32), seq(n, t, jnp.bool_), decoder.Packing(*(seq(n, t, i32) for _ in range(3))),
+                     *(seq(n, t, f32) for _ in range(6)), meta_rows=meta_rows)
 
 
 def gen_weights(model_cfg: DecoderConfig, params):

@@ -5,10 +5,14 @@ in one process. Each variant is timed on its second step so compilation is exclu
   step_time_r1, step_time_r2   seconds per RL step
   r2_overhead                  step_time_r2 / step_time_r1 - 1 (the paper reports +5% on average, Table 5)
   train_step_overhead_r2       the jitted train step alone: train_step_s_r2 / train_step_s_r1 - 1
-  train_tokens_r1, _r2         real tokens the train step reads (trajectory rows + meta-action rows)
-  meta_duplicate_tokens        tokens of the meta-action rows that repeat a prefix their trajectory's row already
-                               holds (prompt and kept response): what packing the meta-actions into their trajectory's
-                               row would save
+  train_tokens_r1, _r2         real tokens the train step reads (trajectory rows, their packed meta-actions, and
+                               any meta-action rows of their own)
+  meta_tokens_r2               of train_tokens_r2, those the meta-actions add to the trajectories
+  meta_new_tokens              what the meta-actions hold that their trajectories' rows do not: each refiner
+                               sequence (prompt + integer) past its common prefix with its trajectory's row (a
+                               discarded suffix, the follow-up prompt, the integer)
+  meta_duplicate_tokens        meta_tokens_r2 - meta_new_tokens: tokens the batch holds twice (0 when the follow-up
+                               meta-actions are packed into their trajectories' rows)
   train_step_mfu               model FLOPs of the jitted train step / its time / the matmul peak measured here
   peak_rss_bytes               the process's peak resident memory at the end
 """
@@ -41,9 +45,9 @@ def _config(quick: bool):
     return c
 
 
-def meta_duplicate_tokens(traj) -> int:
-    """Tokens of `traj`'s meta-action rows that its own row already holds: each refiner prompt's common prefix with
-    the trajectory's prompt + response (with a follow-up prompt, the conversation up to its cut or its end)."""
+def meta_new_tokens(traj) -> int:
+    """Tokens of `traj`'s refiner sequences (prompt + integer) past each one's common prefix with the trajectory's
+    prompt + response: what training its meta-actions has to add to its row."""
     row = list(traj.job.prompt_ids) + [int(i) for i in traj.response_ids]
     total = 0
     for m in traj.meta_actions:
@@ -52,8 +56,14 @@ def meta_duplicate_tokens(traj) -> int:
             if a != b:
                 break
             n += 1
-        total += n
+        total += len(m.prompt_ids) + len(m.action_ids) - n
     return total
+
+
+def meta_tokens(sb) -> float:
+    """Real tokens of a StepBatch's meta-actions: its packed branches (segments > 0) and its meta-action rows."""
+    packed = float(np.sum(np.asarray(sb.valid) & (np.asarray(sb.packing.segment_ids) > 0)))
+    return packed + (float(np.sum(sb.meta_rows.valid)) if sb.meta_rows is not None else 0.0)
 
 
 def run(quick: bool = False) -> dict:
@@ -76,18 +86,20 @@ def run(quick: bool = False) -> dict:
         trainer.state, metrics = trainer.train_step(trainer.state, sb)
         jax.block_until_ready(metrics)
         t2 = time.perf_counter()
-        tokens = float(np.sum(sb.valid)) + float(np.sum(sb.meta_valid))
-        return t2 - t0, t2 - t1, tokens, trajs
+        tokens = float(np.sum(sb.valid)) + (float(np.sum(sb.meta_rows.valid)) if sb.meta_rows is not None else 0.0)
+        return t2 - t0, t2 - t1, tokens, trajs, sb
 
     figures = {}
     for name, (ref, meta) in {"r1": (False, False), "r2": (True, True)}.items():
         one_step(ref, meta)  # compile
-        total, step_s, tokens, trajs = one_step(ref, meta)
+        total, step_s, tokens, trajs, sb = one_step(ref, meta)
         figures[f"step_time_{name}"] = total
         figures[f"train_step_s_{name}"] = step_s
         figures[f"train_tokens_{name}"] = tokens
         if name == "r2":
-            figures["meta_duplicate_tokens"] = float(sum(meta_duplicate_tokens(t) for t in trajs))
+            figures["meta_tokens_r2"] = meta_tokens(sb)
+            figures["meta_new_tokens"] = float(sum(meta_new_tokens(t) for t in trajs))
+            figures["meta_duplicate_tokens"] = figures["meta_tokens_r2"] - figures["meta_new_tokens"]
             # forward + backward = 6 N per token, plus the frozen reference's forward (2 N) for the KL term,
             # counted over every real token of the padded batch (trajectories and meta-action sequences).
             use_ref = trainer.state.ref_params is not None

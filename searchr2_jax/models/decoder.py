@@ -42,6 +42,17 @@ from searchr2_jax.models.config import DecoderConfig
 NEG_INF = -1e30  # finite, so fully masked (padding) rows give uniform attention instead of NaN
 
 
+class Packing(NamedTuple):
+    """Several sequences in one row, for a full (uncached) pass. Token q reads key k <= q iff both have the same
+    segment id, or k is one of the row's first `shared[q]` tokens: a branch that continues a prefix of the row
+    (a refiner follow-up after a discarded draft) reads that prefix in place instead of repeating it, at positions
+    that continue the prefix's. With `shared` 0 everywhere this is plain sequence packing."""
+
+    positions: jax.Array  # [B, T] int32
+    segment_ids: jax.Array  # [B, T] int32
+    shared: jax.Array  # [B, T] int32
+
+
 # ------------------------------------------------------------------------------------------------ init
 
 
@@ -225,16 +236,17 @@ def forward_hidden(
     positions: jax.Array | None = None,
     mask: jax.Array | None = None,
     cache: kvc.KVCache | None = None,
-    segment_ids: jax.Array | None = None,
+    packing: Packing | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ):
     """Final hidden states [B, T, D] (after the final norm) and the updated cache.
 
     Without a cache: a full causal pass; `mask` [B, T] marks valid tokens (any padding side), `positions` default to
-    the running count of valid tokens, `segment_ids` (packing) restrict attention to the same segment. With `mesh`,
-    each layer's hidden states keep the batch split over data x fsdp (`sharding.batch_spec`): left to itself, XLA
-    follows the FSDP weights and splits them along the model dimension instead, so every device holds every row's
-    activations and attention scores (a Qwen2.5-7B train step on 64 devices: 308 GB a device, 78 GB with this).
+    the running count of valid tokens; `packing` gives them, and restricts attention to segments and shared prefixes.
+    With `mesh`, each layer's hidden states keep the batch split over data x fsdp (`sharding.batch_spec`): left to
+    itself, XLA follows the FSDP weights and splits them along the model dimension instead, so every device holds
+    every row's activations and attention scores (a Qwen2.5-7B train step on 64 devices: 308 GB a device, 78 GB
+    with this).
     With a cache: `tokens` is a chunk appended at each row's `cache.lengths`; `mask` must mark a prefix of the chunk
     (right padding); positions are the cache indices unless given.
     """
@@ -246,12 +258,16 @@ def forward_hidden(
     if cache is None:
         if any(isinstance(w, tuple) for w in params["layers"].values()):
             raise ValueError("per_layer_weights serve the cached path (generation); a full pass takes stacked layers")
-        if positions is None:
+        if packing is not None:
+            positions = packing.positions
+        elif positions is None:
             positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
         idx = jnp.arange(t)
         attn_mask = (idx[None, :, None] >= idx[None, None, :]) & mask[:, None, :]
-        if segment_ids is not None:
-            attn_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+        if packing is not None:
+            seg = packing.segment_ids
+            attn_mask &= ((seg[:, :, None] == seg[:, None, :])
+                          | (idx[None, None, :] < packing.shared[:, :, None]))
 
         keep_rows = lambda x: x  # noqa: E731
         if mesh is not None:
@@ -310,9 +326,9 @@ def values(cfg: DecoderConfig, params: dict, hidden: jax.Array) -> jax.Array:
     return jnp.dot(hidden.astype(jnp.float32), vh["w"].astype(jnp.float32)) + vh["b"].astype(jnp.float32)
 
 
-def apply(cfg: DecoderConfig, params: dict, tokens, positions=None, mask=None, cache=None, segment_ids=None):
+def apply(cfg: DecoderConfig, params: dict, tokens, positions=None, mask=None, cache=None, packing=None):
     """`(logits [B, T, V] fp32, cache)`: the whole model, as the issue's `apply(params, tokens, ...)` contract."""
-    hidden, cache = forward_hidden(cfg, params, tokens, positions, mask, cache, segment_ids)
+    hidden, cache = forward_hidden(cfg, params, tokens, positions, mask, cache, packing)
     return lm_logits(cfg, params, hidden), cache
 
 

@@ -61,14 +61,12 @@ def sequence_advantages(rewards: jax.Array, group_ids: jax.Array, keep: jax.Arra
     return grpo_advantages(rewards, group_ids, normalize_std=normalize_std, valid=keep)
 
 
-def drop_rows(keep: jax.Array, loss_mask: jax.Array, meta_mask: jax.Array,
-              meta_index: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(loss_mask, meta_mask) f32 with zero weight on the rows where `keep` [N] is False and on the meta-action
-    rows [M] that point to them (`meta_index`, -1 on padding rows)."""
+def drop_rows(keep: jax.Array, mask: jax.Array, index: jax.Array | None = None) -> jax.Array:
+    """`mask` [R, T] as f32 with zero weight on the rows whose trajectory has `keep` [N] False: row r belongs to
+    trajectory `index[r]` (-1 pads and is dropped too), or to trajectory r when `index` is None."""
     keep = jnp.asarray(keep, bool)
-    meta_keep = (meta_index >= 0) & keep[jnp.maximum(meta_index, 0)]
-    return (jnp.where(keep[:, None], loss_mask, 0).astype(jnp.float32),
-            jnp.where(meta_keep[:, None], meta_mask, 0).astype(jnp.float32))
+    row_keep = keep if index is None else (index >= 0) & keep[jnp.maximum(index, 0)]
+    return jnp.where(row_keep[:, None], mask, 0).astype(jnp.float32)
 
 
 def terminal_rewards(scores: jax.Array, mask: jax.Array) -> jax.Array:

@@ -51,9 +51,10 @@ def chunked_token_logprobs(hidden: jax.Array, head: Callable[[jax.Array], jax.Ar
     """`token_logprobs(head(hidden), targets)` computed `chunk_size` positions at a time.
 
     hidden [B, T, D]; head: [B, C, D] -> [B, C, V] logits (e.g. `lambda h: decoder.lm_logits(cfg, params, h)`;
-    it may close over traced params); targets [B, T] int. Returns logp [B, T] f32, and entropy [B, T] f32 when
-    `return_entropy`. T need not divide by `chunk_size` (the tail is padded and dropped). Each chunk is
-    rematerialized in the backward pass, so peak memory holds one [B, C, V] block, not [B, T, V].
+    it may close over traced params); targets [B, T] int; temperature a number or [B, T] (one per position). Returns
+    logp [B, T] f32, and entropy [B, T] f32 when `return_entropy`. T need not divide by `chunk_size` (the tail is
+    padded and dropped). Each chunk is rematerialized in the backward pass, so peak memory holds one [B, C, V] block,
+    not [B, T, V].
     """
     b, t = targets.shape
     if hidden.shape[:2] != (b, t):
@@ -64,16 +65,23 @@ def chunked_token_logprobs(hidden: jax.Array, head: Callable[[jax.Array], jax.Ar
     n = -(-t // c)
     pad = n * c - t
     h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, c, hidden.shape[-1]).swapaxes(0, 1)
-    y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, c).swapaxes(0, 1)
+
+    def chunks(x, fill=0):  # [B, T] -> [n, B, C]
+        return jnp.pad(x, ((0, 0), (0, pad)), constant_values=fill).reshape(b, n, c).swapaxes(0, 1)
+
+    y = chunks(targets)
+    per_position = not isinstance(temperature, (int, float))
+    temps = chunks(jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (b, t)), 1) if per_position else y
 
     @jax.checkpoint
     def one(args):
-        hc, yc = args
+        hc, yc, tc = args
+        temp = tc[..., None] if per_position else temperature
         logits = head(hc)
-        lp = token_logprobs(logits, yc, temperature)
-        ent = entropy_from_logits(logits, temperature) if return_entropy else jnp.zeros_like(lp)
+        lp = token_logprobs(logits, yc, temp)
+        ent = entropy_from_logits(logits, temp) if return_entropy else jnp.zeros_like(lp)
         return lp, ent
 
-    lp, ent = jax.lax.map(one, (h, y))  # [n, B, C] each
+    lp, ent = jax.lax.map(one, (h, y, temps))  # [n, B, C] each
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * c)[:, :t]
     return (unchunk(lp), unchunk(ent)) if return_entropy else unchunk(lp)

@@ -10,8 +10,9 @@ batch and splitting it never changes it (Tunix's `LossOutput`, MaxText's `total_
   seq-mean-token-sum       sum over tokens of l / number of sequences
   seq-mean-token-sum-norm  sum over tokens of l / (number of sequences * T)                 (Dr.GRPO's constant)
 
-"Sequences" are rows with at least one loss token. The Meta-Refiner's meta-action rows join the trajectory rows in
-the same aggregation, each with weight `meta_weight` in both the sum and the denominator. All per-token inputs are
+"Sequences" are rows with at least one loss token, or the segments of a row that packs several (`segments`).
+The Meta-Refiner's meta-actions join the trajectory rows in the same aggregation, each with weight `meta_weight` in
+both the sum and the denominator (T of the -norm constant is that of the rows that hold them). All per-token inputs are
 [B, T]; `mask` is 1 on model-generated tokens only (prompt, retrieved `<information>` and padding are 0), and masked
 entries of every input are ignored (replaced by 0 before any arithmetic, so even inf/NaN there gives a finite loss
 and an exactly zero gradient).
@@ -87,29 +88,44 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "low_var_k
     raise ValueError(f"kl_estimator={estimator!r}: expected one of {KL_ESTIMATORS} (or k1/k2/k3)")
 
 
-def denominator(mask: jax.Array, mode: str = "token-mean") -> jax.Array:
-    """The denominator of `mode` (see the module doc) for a [B, T] mask (may be float)."""
+def _sequences(mask: jax.Array, segments: jax.Array | None):
+    """(f32 mask, per-token count of its sequence's loss tokens, number of sequences with a loss token). A sequence
+    is a row, or with `segments` [B, T] (ids in 0..T-1, as in a packed row) a (row, segment id) pair."""
     m = mask.astype(jnp.float32)
-    rows = jnp.sum((jnp.sum(m, axis=1) > 0).astype(jnp.float32))
+    b, t = m.shape
+    if segments is None:
+        count = jnp.sum(m, axis=1)
+        return m, jnp.broadcast_to(count[:, None], m.shape), jnp.sum((count > 0).astype(jnp.float32))
+    ids = (jnp.arange(b)[:, None] * t + segments).reshape(-1)
+    count = jax.ops.segment_sum(m.reshape(-1), ids, num_segments=b * t)
+    return m, count[ids].reshape(b, t), jnp.sum((count > 0).astype(jnp.float32))
+
+
+def denominator(mask: jax.Array, mode: str = "token-mean", segments: jax.Array | None = None) -> jax.Array:
+    """The denominator of `mode` (see the module doc) for a [B, T] mask (may be float); `segments` as in
+    `aggregate`."""
+    m, _, seqs = _sequences(mask, segments)
     if mode == "token-mean":
         return jnp.sum(m)
     if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
-        return rows
+        return seqs
     if mode == "seq-mean-token-sum-norm":
-        return rows * mask.shape[1]
+        return seqs * mask.shape[1]
     raise ValueError(f"loss_agg={mode!r}: expected one of {LOSS_AGGS}")
 
 
-def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token-mean") -> tuple[jax.Array, jax.Array]:
+def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token-mean",
+              segments: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(sum, denominator) of a [B, T] per-token loss under `mode` (see the module doc); mask [B, T] may be float.
+    `segments` [B, T]: a row holds several sequences (packed meta-actions), told apart by these ids.
 
     Both parts add up across micro-batches: sum(parts) / sum(denominators) is the global-batch loss.
     """
-    m = mask.astype(jnp.float32)
+    m, count, _ = _sequences(mask, segments)
     x = jnp.where(m > 0, per_token, 0.0) * m
-    denom = denominator(m, mode)
+    denom = denominator(m, mode, segments)
     if mode == "seq-mean-token-mean":
-        return jnp.sum(jnp.sum(x, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-8)), denom
+        return jnp.sum(x / jnp.maximum(count, 1e-8)), denom
     return jnp.sum(x), denom
 
 
@@ -117,12 +133,13 @@ def _mean(x, m, safe):
     return jnp.sum(jnp.where(m > 0, x, 0.0) * m) / safe
 
 
-def policy_loss(logp, old_logp, ref_logp, advantages, mask, cfg, entropy=None):
+def policy_loss(logp, old_logp, ref_logp, advantages, mask, cfg, entropy=None, segments=None):
     """PPO-clip (+ dual clip) + kl_coef * KL(pi || ref) - entropy_coef * H, aggregated by `cfg.loss_agg`.
 
     logp [B, T] f32: current policy's log-prob of each token (differentiated); old_logp [B, T]: the sampling
     policy's; ref_logp [B, T] or None (no KL term); advantages [B, T] (per-token, GRPO's broadcast per sequence);
-    mask [B, T] 1 on loss tokens; entropy [B, T] or None (needed when entropy_coef > 0).
+    mask [B, T] 1 on loss tokens; entropy [B, T] or None (needed when entropy_coef > 0); segments [B, T] or None
+    (rows holding several sequences, see `aggregate`).
 
     Per token, with ratio r = exp(logp - old_logp) and A the advantage:
         pg = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high));  for A < 0 also pg = min(pg, -A c)  (dual clip)
@@ -161,7 +178,7 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, cfg, entropy=None):
             per_token = per_token - cfg.entropy_coef * ent
     elif cfg.entropy_coef > 0:
         raise ValueError("policy_loss: entropy_coef > 0 needs the per-token entropy (entropy_from_logits)")
-    loss_sum, denom = aggregate(per_token, m, cfg.loss_agg)
+    loss_sum, denom = aggregate(per_token, m, cfg.loss_agg, segments)
     return loss_sum, denom, metrics
 
 

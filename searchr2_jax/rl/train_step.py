@@ -1,14 +1,13 @@
 """The policy-optimization step: `train_step(state, batch) -> (state, metrics)`, pure and jitted.
 
 Read top to bottom:
-  1. the batch: trajectory sequences (prompt + response) with the loss mask (1 only on model-generated tokens),
-     sampling log-probs and per-token advantages; plus the Meta-Refiner's meta-action sequences (refiner prompt +
-     chosen integer) carrying the advantage of the trajectory they produced (joint optimization, paper §2.5);
-  2. global denominators: the loss is a mean over the *whole* batch under `loss_agg` (trajectory and meta-action
-     rows together, the latter weighted by `meta_weight`), so splitting it into micro-batches never changes it;
-  3. micro-batches run as a `lax.scan` inside the jit, each adding the gradient of its share of the global loss;
-  4. PPO-clip + KL to the frozen reference (+ optional entropy, + the critic's clipped value loss for PPO);
-  5. a non-finite loss or gradient skips the update (counted in `train/skipped`), never applied.
+  1. the batch: trajectory rows (prompt + response) with the loss mask (1 only on model-generated tokens), sampling
+     log-probs and per-token advantages; plus the Meta-Refiner's meta-actions (the chosen integer after the refiner
+     prompt) carrying the advantage of the trajectory they produced (joint optimization, paper §2.5). A follow-up
+     prompt's meta-actions ride in their trajectory's row as branches (`decoder.Packing`), so one forward scores
+     both; table12 prompts come as rows of their own (`MetaRows`);
+  2. global denominators: the loss is a mean over the *whole* batch under `loss_agg` (trajectories and meta-actions
+     together, the latter weighted by `meta_weight`), so splitting it into micro-batches never changes it;
 The supervised warm-start step (`make_sft_step`) shares steps 2, 3 and 5 with a cross-entropy loss.
 """
 
@@ -28,30 +27,41 @@ from searchr2_jax.rl.logprobs import chunked_token_logprobs
 from searchr2_jax.rl.state import TrainState
 
 
+class MetaRows(NamedTuple):
+    """Meta-actions as sequences of their own (table12 refiner prompts): [M, Q] arrays, fields as in StepBatch."""
+
+    tokens: jax.Array  # [M, Q] int32
+    valid: jax.Array  # [M, Q] bool
+    mask: jax.Array  # [M, Q] f32: 1 on the chosen integer's tokens (0 everywhere when meta-actions are off)
+    old_logprobs: jax.Array  # [M, Q] f32
+    advantages: jax.Array  # [M, Q] f32
+
+
 class StepBatch(NamedTuple):
     """Device arrays with static shapes. Position i holds token i; per-token fields describe token i."""
 
     tokens: jax.Array  # [N, T] int32
-    valid: jax.Array  # [N, T] bool: real tokens (prompt and response), False on padding
+    valid: jax.Array  # [N, T] bool: real tokens (prompt, response, packed meta-actions), False on padding
+    packing: decoder.Packing  # positions, segment ids (0 the trajectory, k its k-th meta-action), shared prefixes
     loss_mask: jax.Array  # [N, T] f32: 1 on model-generated tokens only
-    old_logprobs: jax.Array  # [N, T] f32: log-probs under the sampling policy
-    advantages: jax.Array  # [N, T] f32
+    meta_mask: jax.Array  # [N, T] f32: 1 on packed meta-actions' integers (0 everywhere when they are off)
+    old_logprobs: jax.Array  # [N, T] f32: log-probs under the sampling policy (Actor and meta-action tokens)
+    advantages: jax.Array  # [N, T] f32 (Actor and meta-action tokens)
     returns: jax.Array  # [N, T] f32 (PPO critic targets; zeros for GRPO)
     old_values: jax.Array  # [N, T] f32 (PPO; zeros for GRPO)
-    meta_tokens: jax.Array  # [M, Q] int32
-    meta_valid: jax.Array  # [M, Q] bool
-    meta_mask: jax.Array  # [M, Q] f32: 1 on the chosen integer's tokens (0 everywhere when meta-actions are off)
-    meta_old_logprobs: jax.Array  # [M, Q] f32
-    meta_advantages: jax.Array  # [M, Q] f32
+    meta_rows: MetaRows | None = None  # unpacked meta-actions (table12 prompts)
 
 
-def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature: float = 1.0, entropy: bool = False,
-                      mesh=None):
+def sequence_logprobs(cfg: DecoderConfig, params, tokens, valid, temperature=1.0, entropy: bool = False,
+                      mesh=None, packing: decoder.Packing | None = None):
     """(log p(token i | tokens < i) [B, T] fp32 with 0 at i = 0, final hidden states), and with `entropy` the
-    policy's entropy at each of those positions [B, T] as a third element. The LM head runs `cfg.logits_chunk`
-    positions at a time, rematerialized in the backward pass: no [B, T, V] logits are held. `mesh`: keep the rows
-    split over its data x fsdp axes (see `decoder.forward_hidden`)."""
-    hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=valid, mesh=mesh)
+    policy's entropy at each of those positions [B, T] as a third element. `temperature`: a number, or [B, T] per
+    token. The LM head runs `cfg.logits_chunk` positions at a time, rematerialized in the backward pass: no
+    [B, T, V] logits are held. `mesh`: keep the rows split over its data x fsdp axes (see `decoder.forward_hidden`);
+    `packing`: rows holding several sequences (`decoder.Packing`)."""
+    hidden, _ = decoder.forward_hidden(cfg, params, tokens, mask=valid, mesh=mesh, packing=packing)
+    if not isinstance(temperature, (int, float)):
+        temperature = temperature[:, 1:]
     out = chunked_token_logprobs(hidden[:, :-1], lambda h: decoder.lm_logits(cfg, params, h), tokens[:, 1:],
                                  cfg.logits_chunk, temperature, return_entropy=entropy)
     pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
@@ -113,37 +123,53 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
     losses.check_loss_config(loss_cfg)
     use_kl = loss_cfg.kl_coef > 0
 
-    def policy_terms(params, ref_params, tokens, valid, mask, old_lp, adv, temperature):
+    def policy_terms(params, ref_params, tokens, valid, packing, temperature, terms):
+        """Each (mask, old log-probs, advantages, segments) of `terms` scored from one forward of the rows:
+        [(loss sum, metrics)], and the hidden states."""
         # The entropy is logged always (its collapse is the first sign of a failing run) and trained on when
         # entropy_coef > 0; it comes out of the same LM-head blocks as the log-probs.
-        logp, hidden, ent = sequence_logprobs(cfg, params, tokens, valid, temperature, entropy=True, mesh=mesh)
+        logp, hidden, ent = sequence_logprobs(cfg, params, tokens, valid, temperature, entropy=True, mesh=mesh,
+                                              packing=packing)
         ref_lp = None
         if use_kl:
             ref_lp = jax.lax.stop_gradient(sequence_logprobs(cfg, ref_params, tokens, valid, temperature,
-                                                             mesh=mesh)[0])
-        live = mask > 0
-        gap = jnp.abs(jnp.exp(jnp.clip(jnp.where(live, logp - old_lp, 0.0), -20.0, 20.0)) - 1.0)
-        if recompute_old:
-            old_lp = jax.lax.stop_gradient(logp)
-        loss_sum, _, metrics = losses.policy_loss(logp, old_lp, ref_lp, adv, mask, loss_cfg, entropy=ent)
-        metrics["ratio_deviation_at_start"] = jnp.sum(jnp.where(live, gap, 0.0)) / jnp.maximum(jnp.sum(mask), 1e-8)
-        return loss_sum, metrics, hidden
+                                                             mesh=mesh, packing=packing)[0])
+        out = []
+        for mask, old_lp, adv, segments in terms:
+            live = mask > 0
+            gap = jnp.abs(jnp.exp(jnp.clip(jnp.where(live, logp - old_lp, 0.0), -20.0, 20.0)) - 1.0)
+            if recompute_old:
+                old_lp = jax.lax.stop_gradient(logp)
+            loss_sum, _, metrics = losses.policy_loss(logp, old_lp, ref_lp, adv, mask, loss_cfg, entropy=ent,
+                                                      segments=segments)
+            metrics["ratio_deviation_at_start"] = (jnp.sum(jnp.where(live, gap, 0.0))
+                                                   / jnp.maximum(jnp.sum(mask), 1e-8))
+            out.append((loss_sum, metrics))
+        return out, hidden
 
     def loss_fn(params, mb: StepBatch, ref_params, denom, tok_denom, meta_denom):
-        psum, pm, hidden = policy_terms(params, ref_params, mb.tokens, mb.valid, mb.loss_mask, mb.old_logprobs,
-                                        mb.advantages, temperature)
         # The refiner scores its candidates at temperature 1 (its decision is an argmax over those log-probs), so
-        # the meta-action's policy is the untempered distribution, whatever the Actor's sampling temperature.
-        msum, mm, _ = policy_terms(params, ref_params, mb.meta_tokens, mb.meta_valid, mb.meta_mask,
-                                   mb.meta_old_logprobs, mb.meta_advantages, 1.0)
-        # Sums (of per-row means under seq-mean-token-mean) over the whole batch's denominator, not this part's.
-        loss = (psum + loss_cfg.meta_weight * msum) / denom
+        # a meta-action's policy is the untempered distribution, whatever the Actor's sampling temperature.
+        temps = temperature if temperature == 1.0 else jnp.where(mb.meta_mask > 0, 1.0, temperature)
+        seg = mb.packing.segment_ids
+        ((psum, pm), (msum, mm)), hidden = policy_terms(
+            params, ref_params, mb.tokens, mb.valid, mb.packing, temps,
+            [(mb.loss_mask, mb.old_logprobs, mb.advantages, seg), (mb.meta_mask, mb.old_logprobs, mb.advantages, seg)])
         # Each metric of `policy_loss` is a mean over its own tokens: weight it back to a sum and divide by the
         # global count of the same tokens, so the summed micro-batch metrics are means over the whole batch.
-        tok = jnp.sum(mb.loss_mask)
-        mtok = jnp.sum(mb.meta_mask)
+        tok, mtok = jnp.sum(mb.loss_mask), jnp.sum(mb.meta_mask)
         metrics = {f"train/{k}": v * tok / tok_denom for k, v in pm.items()}
         metrics.update({f"train/meta_{k}": v * mtok / meta_denom for k, v in mm.items()})
+        if mb.meta_rows is not None:
+            r = mb.meta_rows
+            ((rsum, rm),), _ = policy_terms(params, ref_params, r.tokens, r.valid, None, 1.0,
+                                            [(r.mask, r.old_logprobs, r.advantages, None)])
+            msum = msum + rsum
+            rtok = jnp.sum(r.mask)
+            for k, v in rm.items():
+                metrics[f"train/meta_{k}"] = metrics[f"train/meta_{k}"] + v * rtok / meta_denom
+        # Sums (of per-sequence means under seq-mean-token-mean) over the whole batch's denominator, not this part's.
+        loss = (psum + loss_cfg.meta_weight * msum) / denom
         if use_critic:
             vals = token_values(cfg, params, hidden)
             vsum, _, vm = losses.value_loss(vals, mb.old_values, mb.returns, mb.loss_mask, loss_cfg)
@@ -152,17 +178,21 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         return loss, metrics
 
     def train_step(state: TrainState, batch: StepBatch):
-        denom = (losses.denominator(batch.loss_mask, loss_cfg.loss_agg)
-                 + loss_cfg.meta_weight * losses.denominator(batch.meta_mask, loss_cfg.loss_agg))
+        agg, seg = loss_cfg.loss_agg, batch.packing.segment_ids
+        meta_masks = [batch.meta_mask] + ([batch.meta_rows.mask] if batch.meta_rows is not None else [])
+        meta_den = (losses.denominator(batch.meta_mask, agg, seg)
+                    + (losses.denominator(batch.meta_rows.mask, agg) if batch.meta_rows is not None else 0.0))
+        denom = losses.denominator(batch.loss_mask, agg, seg) + loss_cfg.meta_weight * meta_den
         denom = jnp.where(denom > 0, denom, 1.0)  # not a floor of 1: meta_weight may make it fractional
         tok_denom = jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
-        meta_denom = jnp.maximum(jnp.sum(batch.meta_mask), 1.0)
+        meta_tokens = sum(jnp.sum(m) for m in meta_masks)
+        meta_denom = jnp.maximum(meta_tokens, 1.0)
         micro = jax.tree.map(lambda x: _split(x, num_micro), batch)
         loss, metrics, grads = _accumulate(
             lambda p, mb: loss_fn(p, mb, state.ref_params, denom, tok_denom, meta_denom), state.params, micro,
             num_micro)
         metrics["train/tokens"] = jnp.sum(batch.loss_mask)
-        metrics["train/meta_tokens"] = jnp.sum(batch.meta_mask)
+        metrics["train/meta_tokens"] = meta_tokens
         return _apply(state, optimizer, loss, grads, metrics)
 
     return train_step

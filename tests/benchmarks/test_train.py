@@ -1,8 +1,10 @@
-"""The train suite's duplicate count (benchmarks/train.py): meta-action tokens that repeat their trajectory's row."""
+"""The train suite's duplicate count (benchmarks/train.py): meta-action tokens the step batch holds twice."""
 
 import numpy as np
 
-from searchr2_jax.benchmarks.train import meta_duplicate_tokens
+from searchr2_jax.benchmarks.train import meta_new_tokens, meta_tokens
+from searchr2_jax.models import decoder
+from searchr2_jax.rl.train_step import MetaRows, StepBatch
 from searchr2_jax.rollout import types as T
 
 
@@ -10,17 +12,32 @@ def meta(prompt_ids):
     return T.MetaAction(prompt_ids=list(prompt_ids), action_ids=[9], choice=0, logprob=-0.1, scores=[-0.1, -2.0])
 
 
-def test_an_unrevised_rows_whole_conversation_and_a_revised_rows_kept_prefix_are_duplicates():
+def step_batch(b: T.TrajectoryBatch) -> StepBatch:
+    """The fields `meta_tokens` reads; the rest are zeros of the right shape."""
+    zeros = np.zeros(b.tokens.shape, np.float32)
+    valid = np.arange(b.tokens.shape[1])[None] < b.lengths[:, None]
+    rows = None
+    if b.meta_rows is not None:
+        r = b.meta_rows
+        rows = MetaRows(r.tokens, np.arange(r.tokens.shape[1])[None] < r.lengths[:, None], r.mask, r.logprobs,
+                        r.logprobs)
+    return StepBatch(b.tokens, valid, decoder.Packing(b.positions, b.segment_ids, b.shared), zeros, zeros, zeros,
+                     zeros, zeros, zeros, rows)
+
+
+def test_meta_actions_need_only_what_their_row_lacks_and_packing_holds_nothing_more():
     job = T.Job([1, 2, 3])
     response = np.asarray([4, 5, 6, 7], np.int32)
     followup = [50, 51]
     traj = T.Trajectory(0, job, response, np.zeros(4, np.float32), np.ones(4, np.int8), [], T.ANSWERED)
-    # Unrevised: the refiner read prompt + the whole response, then its follow-up.
-    traj.meta_actions = [meta([1, 2, 3, 4, 5, 6, 7] + followup)]
-    assert meta_duplicate_tokens(traj) == 7
-    # Revised after turn [4, 5]: the draft's discarded suffix [8, 8] is new, the kept prefix is not.
-    traj.meta_actions = [meta([1, 2, 3, 4, 5, 8, 8] + followup), meta([1, 2, 3, 4, 5, 6, 7] + followup)]
-    assert meta_duplicate_tokens(traj) == 5 + 7
-    # A standalone (table12-style) prompt shares nothing with the row.
-    traj.meta_actions = [meta([90, 91, 92])]
-    assert meta_duplicate_tokens(traj) == 0
+    # Unrevised: the refiner read prompt + the whole response, then its follow-up and integer: 3 new tokens.
+    # Revised after turn [4, 5]: the draft's discarded suffix [8, 8] is new too.
+    # A standalone (table12-style) prompt shares nothing with the row: all of it is new.
+    for metas, new, standalone in (([meta([1, 2, 3, 4, 5, 6, 7] + followup)], 3, 10),
+                                   ([meta([1, 2, 3, 4, 5, 8, 8] + followup), meta([1, 2, 3, 4, 5, 6, 7] + followup)],
+                                    5 + 3, 10 + 10),
+                                   ([meta([90, 91, 92])], 4, 4)):
+        traj.meta_actions = metas
+        assert meta_new_tokens(traj) == new
+        assert meta_tokens(step_batch(T.to_batch([traj], pack_meta=True))) == new  # no duplicate
+        assert meta_tokens(step_batch(T.to_batch([traj]))) == standalone  # the rows repeat the shared prefixes

@@ -131,6 +131,23 @@ def test_left_padded_prefill_matches_unpadded():
     np.testing.assert_allclose(full[0, 5:], ref[0], atol=1e-5)
 
 
+def test_packed_branches_read_their_shared_prefix_as_the_standalone_sequences_do():
+    """Row [a b c d | x y | z]: segment 0 is `a b c d`, branch 1 `x y` continues `a b` (shared 2), branch 2 `z`
+    stands alone (shared 0). Each token's logits equal those of its own standalone sequence."""
+    cfg = _tiny()
+    params = decoder.init_params(cfg, jax.random.key(0))
+    a, b, c, d, x, y, z = (int(v) for v in np.random.default_rng(3).integers(0, cfg.vocab_size, size=7))
+    row = jnp.asarray([[a, b, c, d, x, y, z, 0]])
+    packing = decoder.Packing(positions=jnp.asarray([[0, 1, 2, 3, 2, 3, 0, 0]]),
+                              segment_ids=jnp.asarray([[0, 0, 0, 0, 1, 1, 2, 3]]),
+                              shared=jnp.asarray([[0, 0, 0, 0, 2, 2, 0, 0]]))
+    packed, _ = decoder.apply(cfg, params, row, mask=jnp.arange(8)[None] < 7, packing=packing)
+    for seq, at_row, at_seq in (([a, b, c, d], [0, 1, 2, 3], [0, 1, 2, 3]), ([a, b, x, y], [4, 5], [2, 3]),
+                                ([z], [6], [0])):
+        ref, _ = decoder.apply(cfg, params, jnp.asarray([seq]))
+        np.testing.assert_allclose(packed[0, jnp.asarray(at_row)], ref[0, jnp.asarray(at_seq)], atol=1e-5)
+
+
 def test_remat_and_bf16_run():
     cfg = _tiny(remat=True, dtype="bfloat16")
     params = decoder.init_params(cfg, jax.random.key(0))

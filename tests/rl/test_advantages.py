@@ -105,7 +105,8 @@ def test_drop_rows_zeroes_faulty_rows_and_their_meta_actions():
     loss_mask = np.asarray([[0, 1, 1], [0, 1, 0], [1, 1, 1]], np.int8)
     meta_mask = np.asarray([[0, 1], [0, 1], [0, 1], [0, 0]], np.int8)
     meta_index = np.asarray([1, 0, 1, -1])  # the last meta row is padding
-    lm, mm = A.drop_rows(np.asarray([True, False, True]), loss_mask, meta_mask, meta_index)
+    keep = np.asarray([True, False, True])
+    lm, mm = A.drop_rows(keep, loss_mask), A.drop_rows(keep, meta_mask, meta_index)
     np.testing.assert_array_equal(np.asarray(lm), [[0, 1, 1], [0, 0, 0], [1, 1, 1]])
     np.testing.assert_array_equal(np.asarray(mm), [[0, 0], [0, 1], [0, 0], [0, 0]])
     assert lm.dtype == mm.dtype == jnp.float32

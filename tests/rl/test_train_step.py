@@ -10,7 +10,7 @@ from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.losses import LOSS_AGGS, default_loss_config
-from searchr2_jax.rl.train_step import StepBatch, make_sft_step, make_train_step, sequence_logprobs
+from searchr2_jax.rl.train_step import MetaRows, StepBatch, make_sft_step, make_train_step, sequence_logprobs
 
 CFG = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                     intermediate_size=64, rope_theta=10000.0, tie_word_embeddings=True)
@@ -27,13 +27,24 @@ def _batch(n=8, t=24, m=8, q=16, seed=0) -> StepBatch:
     mmask[:, 11] = True
     adv = rng.normal(size=(n, 1)).astype(np.float32)
     madv = rng.normal(size=(m, 1)).astype(np.float32)
+    rows = MetaRows(tokens=rng.integers(1, CFG.vocab_size, size=(m, q)).astype(np.int32), valid=mvalid,
+                    mask=mmask.astype(np.float32), old_logprobs=(-4.0 * mmask).astype(np.float32),
+                    advantages=(madv * mmask).astype(np.float32))
     return StepBatch(
-        tokens=rng.integers(1, CFG.vocab_size, size=(n, t)).astype(np.int32), valid=valid,
-        loss_mask=mask.astype(np.float32), old_logprobs=(-3.0 + 0.1 * rng.normal(size=(n, t))).astype(np.float32) * mask,
+        tokens=rng.integers(1, CFG.vocab_size, size=(n, t)).astype(np.int32), valid=valid, packing=_unpacked(n, t),
+        loss_mask=mask.astype(np.float32), meta_mask=np.zeros((n, t), np.float32),
+        old_logprobs=(-3.0 + 0.1 * rng.normal(size=(n, t))).astype(np.float32) * mask,
         advantages=(adv * mask).astype(np.float32), returns=np.zeros((n, t), np.float32),
-        old_values=np.zeros((n, t), np.float32), meta_tokens=rng.integers(1, CFG.vocab_size, size=(m, q)).astype(
-            np.int32), meta_valid=mvalid, meta_mask=mmask.astype(np.float32),
-        meta_old_logprobs=(-4.0 * mmask).astype(np.float32), meta_advantages=(madv * mmask).astype(np.float32))
+        old_values=np.zeros((n, t), np.float32), meta_rows=rows)
+
+
+def _unpacked(n, t) -> decoder.Packing:
+    zeros = np.zeros((n, t), np.int32)
+    return decoder.Packing(np.broadcast_to(np.arange(t, dtype=np.int32), (n, t)), zeros, zeros)
+
+
+def _meta(b: StepBatch, **kw) -> StepBatch:
+    return b._replace(meta_rows=b.meta_rows._replace(**kw))
 
 
 def _state(kl=0.001):
@@ -71,7 +82,7 @@ def test_meta_actions_contribute_only_when_masked_in():
     batch = _batch()
     _, with_meta = step(state, batch)
     state, _ = _state()
-    _, without = step(state, batch._replace(meta_mask=np.zeros_like(batch.meta_mask)))
+    _, without = step(state, _meta(batch, mask=np.zeros_like(batch.meta_rows.mask)))
     assert float(with_meta["train/meta_tokens"]) == 8 and float(without["train/meta_tokens"]) == 0
     assert float(with_meta["train/loss"]) != float(without["train/loss"])
 
@@ -84,8 +95,9 @@ def test_on_policy_ratio_metrics_are_one_for_trajectory_and_meta_tokens(n_micro,
     state, opt = _state()
     batch = _batch()
     lp = np.asarray(sequence_logprobs(CFG, state.params, batch.tokens, batch.valid, temperature)[0]) * batch.loss_mask
-    mlp = np.asarray(sequence_logprobs(CFG, state.params, batch.meta_tokens, batch.meta_valid)[0]) * batch.meta_mask
-    batch = batch._replace(old_logprobs=lp.astype(np.float32), meta_old_logprobs=mlp.astype(np.float32))
+    r = batch.meta_rows
+    mlp = np.asarray(sequence_logprobs(CFG, state.params, r.tokens, r.valid)[0]) * r.mask
+    batch = _meta(batch._replace(old_logprobs=lp.astype(np.float32)), old_logprobs=mlp.astype(np.float32))
     step = make_train_step(CFG, _loss_cfg(), opt, num_micro=n_micro, temperature=temperature)
     _, metrics = jax.jit(step)(state, batch)
     np.testing.assert_allclose(float(metrics["train/ratio"]), 1.0, atol=1e-5)
@@ -100,15 +112,15 @@ def _on_policy_batch(params, seed=1) -> StepBatch:
     rng = np.random.default_rng(seed)
     mask = b.loss_mask.copy()
     mask[3] = 0.0
-    mmask = b.meta_mask.copy()
+    mmask = b.meta_rows.mask.copy()
     mmask[0, 10] = 1.0
     mmask[5:] = 0.0
     lp = np.asarray(sequence_logprobs(CFG, params, b.tokens, b.valid)[0]) * mask
-    mlp = np.asarray(sequence_logprobs(CFG, params, b.meta_tokens, b.meta_valid)[0]) * mmask
-    return b._replace(loss_mask=mask, old_logprobs=lp.astype(np.float32),
-                      advantages=(rng.normal(size=mask.shape) * mask).astype(np.float32), meta_mask=mmask,
-                      meta_old_logprobs=mlp.astype(np.float32),
-                      meta_advantages=(rng.normal(size=mmask.shape) * mmask).astype(np.float32))
+    mlp = np.asarray(sequence_logprobs(CFG, params, b.meta_rows.tokens, b.meta_rows.valid)[0]) * mmask
+    b = b._replace(loss_mask=mask, old_logprobs=lp.astype(np.float32),
+                   advantages=(rng.normal(size=mask.shape) * mask).astype(np.float32))
+    return _meta(b, mask=mmask, old_logprobs=mlp.astype(np.float32),
+                 advantages=(rng.normal(size=mmask.shape) * mmask).astype(np.float32))
 
 
 def _hand_loss(b: StepBatch, mode: str, w: float) -> float:
@@ -124,7 +136,7 @@ def _hand_loss(b: StepBatch, mode: str, w: float) -> float:
                  "seq-mean-token-sum-norm": rows.sum() * mask.shape[1]}[mode]
         return total, denom
 
-    (s, d), (ms, md) = part(b.loss_mask, b.advantages), part(b.meta_mask, b.meta_advantages)
+    (s, d), (ms, md) = part(b.loss_mask, b.advantages), part(b.meta_rows.mask, b.meta_rows.advantages)
     return (s + w * ms) / (d + w * md)
 
 
@@ -162,7 +174,7 @@ def test_meta_weight_zero_gives_the_gradient_without_meta_rows():
     state, opt = _sgd_state()
     batch = _on_policy_batch(state.params)
     updates = []
-    for w, b in ((0.0, batch), (1.0, batch._replace(meta_mask=np.zeros_like(batch.meta_mask)))):
+    for w, b in ((0.0, batch), (1.0, _meta(batch, mask=np.zeros_like(batch.meta_rows.mask)))):
         cfg = _loss_cfg(0.0)
         cfg.update(dict(loss_agg="seq-mean-token-mean", meta_weight=w))
         new, _ = jax.jit(make_train_step(CFG, cfg, opt))(state, b)
@@ -277,3 +289,93 @@ def test_recompute_old_takes_pi_old_from_the_step_itself():
     np.testing.assert_allclose(float(on["train/ratio_deviation_at_start"]),
                                float(off["train/ratio_deviation_at_start"]), rtol=1e-6)
     assert float(on["train/ratio_deviation_at_start"]) > 0.1  # the batch's pi_old is random here
+
+
+def _refined_trajectories(multi_token: bool) -> list:
+    """Four trajectories whose meta-actions cover every layout: accepted over the final response, a revision whose
+    draft shares part of the response, two revisions (the last regeneration undecided), and a prompt sharing
+    nothing with the row (as a table12 prompt). `multi_token`: every integer is two tokens."""
+    from searchr2_jax.rollout import types as T
+
+    rng = np.random.default_rng(5)
+    tok = lambda n: [int(v) for v in rng.integers(1, CFG.vocab_size, size=n)]  # noqa: E731
+    follow = tok(5)
+
+    def meta(prompt):
+        action = tok(2 if multi_token else 1)
+        lps = [float(v) for v in -1.0 - rng.random(len(action))]
+        return T.MetaAction(prompt, action, choice=1, logprob=sum(lps), scores=[0.0, 0.0], action_logprobs=lps)
+
+    def traj(i, prompt, response, metas):
+        mask = np.ones(len(response), np.int8)
+        mask[3:6] = 0  # a retrieved span
+        lp = (-2.0 + 0.3 * rng.normal(size=len(response))).astype(np.float32) * mask
+        return T.Trajectory(i, T.Job(prompt_ids=prompt, group_id=i // 2), np.asarray(response, np.int32), lp, mask,
+                            [], T.ANSWERED, meta_actions=metas)
+
+    p0, r0, p1, r1, p2, r2, p3, r3 = tok(4), tok(10), tok(4), tok(12), tok(3), tok(9), tok(5), tok(8)
+    return [traj(0, p0, r0, [meta(p0 + r0 + follow)]),
+            traj(1, p1, r1, [meta(p1 + r1[:6] + tok(5) + follow), meta(p1 + r1 + follow)]),
+            traj(2, p2, r2, [meta(p2 + r2[:2] + tok(7) + follow), meta(p2 + r2[:5] + tok(3) + follow)]),
+            traj(3, p3, r3, [meta(tok(14))])]
+
+
+def _to_step_batch(b, adv) -> StepBatch:
+    """`Trainer.step_batch` for GRPO with given per-trajectory advantages."""
+    t = b.tokens.shape[1]
+    loss_mask, meta_mask = b.loss_mask.astype(np.float32), b.meta_mask.astype(np.float32)
+    rows = None
+    if b.meta_rows is not None:
+        r = b.meta_rows
+        rmask = r.mask.astype(np.float32)
+        rows = MetaRows(r.tokens, np.arange(r.tokens.shape[1])[None] < r.lengths[:, None], rmask, r.logprobs,
+                        (np.where(r.index >= 0, adv[np.maximum(r.index, 0)], 0.0)[:, None] * rmask).astype(np.float32))
+    zeros = np.zeros(b.tokens.shape, np.float32)
+    return StepBatch(b.tokens, np.arange(t)[None] < b.lengths[:, None],
+                     decoder.Packing(b.positions, b.segment_ids, b.shared), loss_mask, meta_mask, b.logprobs,
+                     (adv[:, None] * ((loss_mask + meta_mask) > 0)).astype(np.float32), zeros, zeros, rows)
+
+
+def _packed_against_unpacked(mode: str, multi_token: bool):
+    from searchr2_jax.rollout import types as T
+
+    trajs = _refined_trajectories(multi_token)
+    adv = np.asarray([0.7, -1.2, 0.4, 1.5], np.float32)
+    packed = T.to_batch(trajs, pack_meta=True)
+    t = packed.tokens.shape[1]
+    # Standalone rows padded to the packed rows' length, so that seq-mean-token-sum-norm's T is the same.
+    unpacked = T.to_batch(trajs, seq_len=t, meta_len=t, num_meta=8)
+    assert packed.tokens.size < unpacked.tokens.size + unpacked.meta_rows.tokens.size
+    cfg = _loss_cfg(0.01)
+    cfg.update(dict(loss_agg=mode, entropy_coef=0.01, meta_weight=2.0))
+    opt = optax.sgd(1.0)
+    out = []
+    for b in (packed, unpacked):
+        state = state_lib.init_state(decoder.init_params(CFG, jax.random.key(0), std=0.1), opt, jax.random.key(1),
+                                     with_reference=True)
+        state = state._replace(ref_params=decoder.init_params(CFG, jax.random.key(2), std=0.1))
+        new, metrics = jax.jit(make_train_step(CFG, cfg, opt, num_micro=2, temperature=0.7))(
+            state, _to_step_batch(b, adv))
+        out.append((jax.tree.map(lambda a, o: np.asarray(a - o), new.params, state.params), metrics))
+    (g_packed, m_packed), (g_unpacked, m_unpacked) = out
+    for k in ("train/loss", "train/meta_ratio", "train/meta_kl", "train/meta_entropy", "train/meta_pg_loss",
+              "train/entropy", "train/meta_tokens"):
+        np.testing.assert_allclose(float(m_packed[k]), float(m_unpacked[k]), rtol=1e-5, atol=1e-7, err_msg=k)
+    assert float(m_packed["train/meta_tokens"]) == 6 * (2 if multi_token else 1)
+    for a, c in zip(jax.tree.leaves(g_packed), jax.tree.leaves(g_unpacked)):
+        np.testing.assert_allclose(a, c, atol=1e-5)
+    assert max(np.abs(a).max() for a in jax.tree.leaves(g_packed)) > 1e-3  # a real gradient was compared
+
+
+@pytest.mark.parametrize("multi_token", [False, True])
+def test_packed_meta_actions_give_the_loss_and_gradient_of_standalone_rows(multi_token):
+    """Meta-actions packed into their trajectories' rows (a branch per decision, reading its shared prefix) train
+    exactly as standalone refiner sequences do: loss, metrics and gradient, KL and entropy terms and an Actor
+    temperature included, for one-token and two-token integers."""
+    _packed_against_unpacked("seq-mean-token-mean", multi_token)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [m for m in LOSS_AGGS if m != "seq-mean-token-mean"])
+def test_packed_meta_actions_follow_every_loss_agg(mode):
+    _packed_against_unpacked(mode, multi_token=True)

@@ -44,5 +44,9 @@ def test_multi_token_candidates_are_scored_token_by_token_and_batched_that_way()
     b = T.to_batch(trajs)
     for j, m in enumerate(metas):
         p = len(m.prompt_ids)
-        np.testing.assert_array_equal(b.meta_mask[j, p:p + 2], [1, 1])
-        np.testing.assert_allclose(b.meta_logprobs[j, p:p + 2], m.action_logprobs)
+        np.testing.assert_array_equal(b.meta_rows.mask[j, p:p + 2], [1, 1])
+        np.testing.assert_allclose(b.meta_rows.logprobs[j, p:p + 2], m.action_logprobs)
+    packed = T.to_batch(trajs, pack_meta=True)
+    for i, m in enumerate(metas):
+        np.testing.assert_array_equal(np.flatnonzero(packed.meta_mask[i]), packed.lengths[i] - 2 + np.arange(2))
+        np.testing.assert_allclose(packed.logprobs[i, packed.lengths[i] - 2:packed.lengths[i]], m.action_logprobs)

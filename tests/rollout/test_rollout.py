@@ -351,9 +351,37 @@ def test_trajectory_batch_layout():
     np.testing.assert_array_equal(batch.tokens[0, :n], list(t.job.prompt_ids) + list(t.response_ids))
     assert batch.loss_mask[0, :p].sum() == 0 and batch.loss_mask[0, n:].sum() == 0
     np.testing.assert_array_equal(batch.loss_mask[0, p:n], t.loss_mask)
-    assert batch.meta_index[0] == 0 and batch.meta_mask[0].sum() == 1
+    assert batch.meta_rows.index[0] == 0 and batch.meta_rows.mask[0].sum() == 1
     m = t.meta_actions[0]
-    assert batch.meta_tokens[0, len(m.prompt_ids)] == m.action_ids[0]
+    assert batch.meta_rows.tokens[0, len(m.prompt_ids)] == m.action_ids[0]
+
+
+def test_packed_meta_actions_rebuild_each_refiner_sequence_from_the_row():
+    """A packed meta-action's branch, read after its shared prefix of the row, is exactly its refiner prompt and
+    integer, at the positions the standalone sequence gives them; the row holds no other copy of them."""
+    eng, params = engine(refiner=True, refiner_choice="2", max_revisions=2)
+    out = eng.run(params, jobs("go", "bad", "go go"), jax.random.key(0))
+    trajs = out.trajectories
+    assert any(t.cut_steps for t in trajs) and sum(len(t.meta_actions) for t in trajs) > len(trajs)
+    b = T.to_batch(trajs, pack_meta=True)
+    assert b.meta_rows is None
+    for i, t in enumerate(trajs):
+        n = b.traj_lengths[i]
+        np.testing.assert_array_equal(b.tokens[i, :n], list(t.job.prompt_ids) + list(t.response_ids))
+        assert not b.segment_ids[i, :n].any() and not b.meta_mask[i, :n].any()
+        extra = 0
+        for k, m in enumerate(t.meta_actions, start=1):
+            at = np.flatnonzero(b.segment_ids[i, :b.lengths[i]] == k)
+            shared = int(b.shared[i, at[0]])
+            seq = np.concatenate([b.tokens[i, :shared], b.tokens[i, at]])
+            np.testing.assert_array_equal(seq, list(m.prompt_ids) + list(m.action_ids))
+            np.testing.assert_array_equal(b.positions[i, at], shared + np.arange(len(at)))
+            a = len(m.action_ids)
+            np.testing.assert_array_equal(b.meta_mask[i, at], [0] * (len(at) - a) + [1] * a)
+            extra += len(at)
+        assert b.lengths[i] == n + extra
+        if t.cut_steps:  # the revised draft's discarded suffix rides in its branch, not re-encoded with the prefix
+            assert extra < sum(len(m.prompt_ids) for m in t.meta_actions)
 
 
 def test_render_shows_turns_queries_passages_and_refiner_decision():
