@@ -78,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         steps=300, prompts_per_step=512, micro_batches=1, log_every=1, eval_every=50, ckpt_every=50,
         keep_checkpoints=3, progress=True,
+        # Several trajectories per row of the RL step batch (rl/packing.py), so the step skips most padding.
+        pack_rows=True,
         # Every N RL steps (0 = never), with the refiner on: the Prop. 4.1 / 4.2 terms on this many training prompts.
         diagnostics_every=0, diagnostics_prompts=32,
         # Trajectory dumps for launch/view.py (rollout/dump.py): every N RL steps and at the last, dump_rows of that

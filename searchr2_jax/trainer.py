@@ -34,6 +34,7 @@ from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.retrieval.retriever import build_retriever
 from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rl import judges, rewards
+from searchr2_jax.rl import packing as packing_lib
 from searchr2_jax.rl import sentinel as sentinel_lib
 from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.train_step import MetaRows, StepBatch, make_sft_step, make_train_step, token_values
@@ -457,9 +458,16 @@ class Trainer:
             radv = np.where(r.index >= 0, seq_adv[np.maximum(r.index, 0)], 0.0)[:, None] * rmask
             rows = MetaRows(r.tokens, np.arange(r.tokens.shape[1])[None, :] < r.lengths[:, None], rmask,
                             r.logprobs, radv.astype(np.float32))
-        return StepBatch(tokens=b.tokens, valid=valid, packing=decoder.Packing(b.positions, b.segment_ids, b.shared),
-                         loss_mask=loss_mask, meta_mask=meta_mask, old_logprobs=b.logprobs, advantages=adv_tok,
-                         returns=returns.astype(np.float32), old_values=old_values, meta_rows=rows)
+        sb = StepBatch(tokens=b.tokens, valid=valid,
+                       packing=decoder.Packing(b.positions, b.segment_ids, b.shared_start, b.shared_end),
+                       loss_mask=loss_mask, meta_mask=meta_mask, old_logprobs=b.logprobs, advantages=adv_tok,
+                       returns=returns.astype(np.float32), old_values=old_values, meta_rows=rows)
+        if not c.train.pack_rows:
+            return sb
+        num_rows = packing_lib.num_rows(sb, c.train.micro_batches * shards)
+        if jax.process_count() > 1:
+            num_rows = int(np.asarray(multihost_utils.process_allgather(np.asarray(num_rows, np.int32))).max())
+        return packing_lib.pack_rows(sb, num_rows)
 
     def diagnostics(self, step: int) -> dict:
         """The Meta-Refiner's Prop. 4.1 / 4.2 terms (`rl/diagnostics.py`) on `train.diagnostics_prompts` training

@@ -215,6 +215,7 @@ def test_retrieval_errors_get_no_loss_weight_and_stay_out_of_the_statistics(mode
     c = tiny_config()
     c.rl.algo = "ppo" if mode == "ppo" else "grpo"
     c.rl.rejection_sampling = mode == "rejection_sampling"
+    c.train.pack_rows = False  # one trajectory per row, in order (rl/packing.py is tested on its own)
     statuses = [T.ANSWERED, T.RETRIEVAL_ERROR, T.INVALID, T.ANSWERED, T.RETRIEVAL_ERROR, T.OUT_OF_TURNS]
     groups = [7, 7, 7, 3, 3, 3]
     reward = np.asarray([1.0, 5.0, 0.0, 0.5, -5.0, 0.0], np.float32)
@@ -373,6 +374,7 @@ def test_ppo_with_a_critic_trains_the_value_head(compile_cache, tmp_path):
     c = tiny_config("sft_steps=0,steps=1")
     c.rl.algo = "ppo"
     c.rollout.temperature = 1.0
+    c.train.pack_rows = False  # row r is trajectory r below (rl/packing.py is tested with a critic on its own)
     trainer = Trainer(c, str(tmp_path), devices=one_device())
     assert trainer.model_cfg.value_head
     before = np.asarray(trainer.state.params["value_head"]["w"]).copy()

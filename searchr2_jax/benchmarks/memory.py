@@ -221,7 +221,7 @@ def abstract_batch(config, mesh) -> StepBatch:
     n, t, m, q = s["rows"], s["seq_len"], s["meta_rows"], s["meta_len"]
     f32, i32 = jnp.float32, jnp.int32
     meta_rows = MetaRows(seq(m, q, i32), seq(m, q, jnp.bool_), *(seq(m, q, f32) for _ in range(3))) if m else None
-    return StepBatch(seq(n, t, i32), seq(n, t, jnp.bool_), decoder.Packing(*(seq(n, t, i32) for _ in range(3))),
+    return StepBatch(seq(n, t, i32), seq(n, t, jnp.bool_), decoder.Packing(*(seq(n, t, i32) for _ in range(4))),
                      *(seq(n, t, f32) for _ in range(6)), meta_rows=meta_rows)
 
 

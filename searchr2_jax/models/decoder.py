@@ -44,13 +44,15 @@ NEG_INF = -1e30  # finite, so fully masked (padding) rows give uniform attention
 
 class Packing(NamedTuple):
     """Several sequences in one row, for a full (uncached) pass. Token q reads key k <= q iff both have the same
-    segment id, or k is one of the row's first `shared[q]` tokens: a branch that continues a prefix of the row
-    (a refiner follow-up after a discarded draft) reads that prefix in place instead of repeating it, at positions
-    that continue the prefix's. With `shared` 0 everywhere this is plain sequence packing."""
+    segment id, or k lies in q's shared range [shared_start[q], shared_end[q]) of row indices: a branch that
+    continues a prefix of another sequence in the row (a refiner follow-up after a discarded draft) reads that
+    prefix in place instead of repeating it, at positions that continue the prefix's. With empty shared ranges this
+    is plain sequence packing."""
 
     positions: jax.Array  # [B, T] int32
     segment_ids: jax.Array  # [B, T] int32
-    shared: jax.Array  # [B, T] int32
+    shared_start: jax.Array  # [B, T] int32
+    shared_end: jax.Array  # [B, T] int32
 
 
 # ------------------------------------------------------------------------------------------------ init
@@ -266,8 +268,9 @@ def forward_hidden(
         attn_mask = (idx[None, :, None] >= idx[None, None, :]) & mask[:, None, :]
         if packing is not None:
             seg = packing.segment_ids
+            key = idx[None, None, :]
             attn_mask &= ((seg[:, :, None] == seg[:, None, :])
-                          | (idx[None, None, :] < packing.shared[:, :, None]))
+                          | ((key >= packing.shared_start[:, :, None]) & (key < packing.shared_end[:, :, None])))
 
         keep_rows = lambda x: x  # noqa: E731
         if mesh is not None:

@@ -154,7 +154,7 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         seg = mb.packing.segment_ids
         ((psum, pm), (msum, mm)), hidden = policy_terms(
             params, ref_params, mb.tokens, mb.valid, mb.packing, temps,
-            [(mb.loss_mask, mb.old_logprobs, mb.advantages, seg), (mb.meta_mask, mb.old_logprobs, mb.advantages, seg)])
+            [(mask, mb.old_logprobs, mb.advantages, seg) for mask in (mb.loss_mask, mb.meta_mask)])
         # Each metric of `policy_loss` is a mean over its own tokens: weight it back to a sum and divide by the
         # global count of the same tokens, so the summed micro-batch metrics are means over the whole batch.
         tok, mtok = jnp.sum(mb.loss_mask), jnp.sum(mb.meta_mask)
@@ -178,14 +178,13 @@ def make_train_step(cfg: DecoderConfig, loss_cfg: ml_collections.ConfigDict, opt
         return loss, metrics
 
     def train_step(state: TrainState, batch: StepBatch):
-        agg, seg = loss_cfg.loss_agg, batch.packing.segment_ids
-        meta_masks = [batch.meta_mask] + ([batch.meta_rows.mask] if batch.meta_rows is not None else [])
-        meta_den = (losses.denominator(batch.meta_mask, agg, seg)
-                    + (losses.denominator(batch.meta_rows.mask, agg) if batch.meta_rows is not None else 0.0))
+        agg, seg, rows = loss_cfg.loss_agg, batch.packing.segment_ids, batch.meta_rows
+        meta_den, meta_tokens = losses.denominator(batch.meta_mask, agg, seg), jnp.sum(batch.meta_mask)
+        if rows is not None:
+            meta_den, meta_tokens = meta_den + losses.denominator(rows.mask, agg), meta_tokens + jnp.sum(rows.mask)
         denom = losses.denominator(batch.loss_mask, agg, seg) + loss_cfg.meta_weight * meta_den
         denom = jnp.where(denom > 0, denom, 1.0)  # not a floor of 1: meta_weight may make it fractional
         tok_denom = jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
-        meta_tokens = sum(jnp.sum(m) for m in meta_masks)
         meta_denom = jnp.maximum(meta_tokens, 1.0)
         micro = jax.tree.map(lambda x: _split(x, num_micro), batch)
         loss, metrics, grads = _accumulate(

@@ -128,7 +128,8 @@ class TrajectoryBatch(NamedTuple):
     group_ids: np.ndarray  # [N] int64
     positions: np.ndarray  # [N, T] int32
     segment_ids: np.ndarray  # [N, T] int32: 0 the trajectory, k its k-th packed meta-action
-    shared: np.ndarray  # [N, T] int32: leading row tokens a branch token reads (its shared prefix)
+    shared_start: np.ndarray  # [N, T] int32: the row indices [start, end) a branch token reads besides its own
+    shared_end: np.ndarray  # [N, T] int32    segment (its shared prefix; empty elsewhere)
     meta_mask: np.ndarray  # [N, T] int8: 1 on the packed meta-actions' chosen integers
     meta_rows: MetaRows | None  # unpacked meta-actions (None when packed)
 
@@ -161,7 +162,8 @@ class _Row(NamedTuple):
     meta_mask: np.ndarray
     positions: np.ndarray
     segment_ids: np.ndarray
-    shared: np.ndarray
+    shared_start: np.ndarray
+    shared_end: np.ndarray
 
 
 def packed_row(traj: Trajectory, pack_meta: bool) -> _Row:
@@ -175,7 +177,7 @@ def packed_row(traj: Trajectory, pack_meta: bool) -> _Row:
     zeros = np.zeros(n, np.int32)
     pieces = [_Row(row, np.concatenate([np.zeros(p, np.float32), np.asarray(traj.logprobs, np.float32)]),
                    np.concatenate([np.zeros(p, np.int8), np.asarray(traj.loss_mask, np.int8)]), zeros.astype(np.int8),
-                   np.arange(n, dtype=np.int32), zeros, zeros)]
+                   np.arange(n, dtype=np.int32), zeros, zeros, zeros)]
     for k, m in enumerate(traj.meta_actions if pack_meta else (), start=1):
         head = np.asarray(m.prompt_ids[:n], np.int32)
         differ = np.flatnonzero(head != row[:len(head)])
@@ -189,7 +191,7 @@ def packed_row(traj: Trajectory, pack_meta: bool) -> _Row:
                            np.concatenate([np.zeros(len(rest), np.float32), np.asarray(m.action_logprobs, np.float32)]),
                            np.zeros(b, np.int8), np.concatenate([np.zeros(len(rest), np.int8), np.ones(a, np.int8)]),
                            np.arange(shared, shared + b, dtype=np.int32), np.full(b, k, np.int32),
-                           np.full(b, shared, np.int32)))
+                           np.zeros(b, np.int32), np.full(b, shared, np.int32)))
     return _Row(*(np.concatenate(f) for f in zip(*pieces)))
 
 
@@ -206,7 +208,7 @@ def to_batch(trajectories: Sequence[Trajectory], seq_len: int | None = None, met
     arrays = {f: np.zeros((n, T), dt) for f, dt in (("tokens", np.int32), ("logprobs", np.float32),
                                                     ("loss_mask", np.int8), ("meta_mask", np.int8),
                                                     ("positions", np.int32), ("segment_ids", np.int32),
-                                                    ("shared", np.int32))}
+                                                    ("shared_start", np.int32), ("shared_end", np.int32))}
     for i, r in enumerate(rows):
         for f, a in arrays.items():
             a[i, :len(r.tokens)] = getattr(r, f)

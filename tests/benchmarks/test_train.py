@@ -21,8 +21,8 @@ def step_batch(b: T.TrajectoryBatch) -> StepBatch:
         r = b.meta_rows
         rows = MetaRows(r.tokens, np.arange(r.tokens.shape[1])[None] < r.lengths[:, None], r.mask, r.logprobs,
                         r.logprobs)
-    return StepBatch(b.tokens, valid, decoder.Packing(b.positions, b.segment_ids, b.shared), zeros, zeros, zeros,
-                     zeros, zeros, zeros, rows)
+    packing = decoder.Packing(b.positions, b.segment_ids, b.shared_start, b.shared_end)
+    return StepBatch(b.tokens, valid, packing, zeros, zeros, zeros, zeros, zeros, zeros, rows)
 
 
 def test_meta_actions_need_only_what_their_row_lacks_and_packing_holds_nothing_more():

@@ -132,18 +132,20 @@ def test_left_padded_prefill_matches_unpadded():
 
 
 def test_packed_branches_read_their_shared_prefix_as_the_standalone_sequences_do():
-    """Row [a b c d | x y | z]: segment 0 is `a b c d`, branch 1 `x y` continues `a b` (shared 2), branch 2 `z`
-    stands alone (shared 0). Each token's logits equal those of its own standalone sequence."""
+    """Row [a b c d | x y | z]: segment 0 is `a b c d`, branch 1 `x y` continues `a b` (shared range [0, 2)),
+    branch 2 `z` stands alone. Each token's logits equal those of its own standalone sequence."""
     cfg = _tiny()
     params = decoder.init_params(cfg, jax.random.key(0))
     a, b, c, d, x, y, z = (int(v) for v in np.random.default_rng(3).integers(0, cfg.vocab_size, size=7))
-    row = jnp.asarray([[a, b, c, d, x, y, z, 0]])
-    packing = decoder.Packing(positions=jnp.asarray([[0, 1, 2, 3, 2, 3, 0, 0]]),
-                              segment_ids=jnp.asarray([[0, 0, 0, 0, 1, 1, 2, 3]]),
-                              shared=jnp.asarray([[0, 0, 0, 0, 2, 2, 0, 0]]))
-    packed, _ = decoder.apply(cfg, params, row, mask=jnp.arange(8)[None] < 7, packing=packing)
+    row = jnp.asarray([[a, b, c, d, x, y, z, 0, z, a, b, y]])
+    # ... and the same again after a standalone `z a`: `y` continues `a b` at row indices 9..10.
+    packing = decoder.Packing(positions=jnp.asarray([[0, 1, 2, 3, 2, 3, 0, 0, 0, 0, 1, 2]]),
+                              segment_ids=jnp.asarray([[0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 5, 6]]),
+                              shared_start=jnp.asarray([[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]]),
+                              shared_end=jnp.asarray([[0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 0, 11]]))
+    packed, _ = decoder.apply(cfg, params, row, mask=jnp.arange(12)[None] != 7, packing=packing)
     for seq, at_row, at_seq in (([a, b, c, d], [0, 1, 2, 3], [0, 1, 2, 3]), ([a, b, x, y], [4, 5], [2, 3]),
-                                ([z], [6], [0])):
+                                ([z], [6], [0]), ([z], [8], [0]), ([a, b, y], [9, 10, 11], [0, 1, 2])):
         ref, _ = decoder.apply(cfg, params, jnp.asarray([seq]))
         np.testing.assert_allclose(packed[0, jnp.asarray(at_row)], ref[0, jnp.asarray(at_seq)], atol=1e-5)
 

@@ -40,7 +40,7 @@ def _batch(n=8, t=24, m=8, q=16, seed=0) -> StepBatch:
 
 def _unpacked(n, t) -> decoder.Packing:
     zeros = np.zeros((n, t), np.int32)
-    return decoder.Packing(np.broadcast_to(np.arange(t, dtype=np.int32), (n, t)), zeros, zeros)
+    return decoder.Packing(np.broadcast_to(np.arange(t, dtype=np.int32), (n, t)), zeros, zeros, zeros)
 
 
 def _meta(b: StepBatch, **kw) -> StepBatch:
@@ -332,8 +332,8 @@ def _to_step_batch(b, adv) -> StepBatch:
                         (np.where(r.index >= 0, adv[np.maximum(r.index, 0)], 0.0)[:, None] * rmask).astype(np.float32))
     zeros = np.zeros(b.tokens.shape, np.float32)
     return StepBatch(b.tokens, np.arange(t)[None] < b.lengths[:, None],
-                     decoder.Packing(b.positions, b.segment_ids, b.shared), loss_mask, meta_mask, b.logprobs,
-                     (adv[:, None] * ((loss_mask + meta_mask) > 0)).astype(np.float32), zeros, zeros, rows)
+                     decoder.Packing(b.positions, b.segment_ids, b.shared_start, b.shared_end), loss_mask, meta_mask,
+                     b.logprobs, (adv[:, None] * ((loss_mask + meta_mask) > 0)).astype(np.float32), zeros, zeros, rows)
 
 
 def _packed_against_unpacked(mode: str, multi_token: bool):

@@ -372,7 +372,8 @@ def test_packed_meta_actions_rebuild_each_refiner_sequence_from_the_row():
         extra = 0
         for k, m in enumerate(t.meta_actions, start=1):
             at = np.flatnonzero(b.segment_ids[i, :b.lengths[i]] == k)
-            shared = int(b.shared[i, at[0]])
+            shared = int(b.shared_end[i, at[0]])
+            assert not b.shared_start[i, at].any()
             seq = np.concatenate([b.tokens[i, :shared], b.tokens[i, at]])
             np.testing.assert_array_equal(seq, list(m.prompt_ids) + list(m.action_ids))
             np.testing.assert_array_equal(b.positions[i, at], shared + np.arange(len(at)))
