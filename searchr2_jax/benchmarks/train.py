@@ -7,6 +7,8 @@ in one process. Each variant is timed on its second step so compilation is exclu
   train_step_overhead_r2       the jitted train step alone: train_step_s_r2 / train_step_s_r1 - 1
   train_tokens_r1, _r2         real tokens the train step reads (trajectory rows, their packed meta-actions, and
                                any meta-action rows of their own)
+  train_padded_tokens_r1, _r2  the tokens it computes on: rows x their padded length (`train.pack_rows` puts several
+                               trajectories in a row)
   meta_tokens_r2               of train_tokens_r2, those the meta-actions add to the trajectories
   meta_new_tokens              what the meta-actions hold that their trajectories' rows do not: each refiner
                                sequence (prompt + integer) past its common prefix with its trajectory's row (a
@@ -39,6 +41,9 @@ def _config(quick: bool):
     c.data.world = dict(seed=0, num_people=120, num_companies=30, num_cities=30, num_countries=6,
                         num_universities=8, num_distractors=10, num_questions=600) if quick else dict(seed=0)
     c.mesh.update(dict(data=1, fsdp=1, tensor=1))
+    # Without remat the full suite's train step asks XLA:CPU for one 30.6 GB buffer (the layers' saved attention
+    # probabilities at 1,024-2,048 tokens a row), more than the 24 GiB machine has.
+    c.model.remat = not quick
     # An untrained refiner's own decisions would set the overhead; revise 30% of trajectories at a uniform step
     # instead (the rate the paper observed) — the scores are still computed, so the refiner's cost is real.
     c.refiner.force_revise_rate = 0.3
@@ -86,16 +91,18 @@ def run(quick: bool = False) -> dict:
         trainer.state, metrics = trainer.train_step(trainer.state, sb)
         jax.block_until_ready(metrics)
         t2 = time.perf_counter()
-        tokens = float(np.sum(sb.valid)) + (float(np.sum(sb.meta_rows.valid)) if sb.meta_rows is not None else 0.0)
-        return t2 - t0, t2 - t1, tokens, trajs, sb
+        rows = [sb.valid] + ([sb.meta_rows.valid] if sb.meta_rows is not None else [])
+        tokens, padded = float(sum(np.sum(v) for v in rows)), float(sum(np.size(v) for v in rows))
+        return t2 - t0, t2 - t1, tokens, padded, trajs, sb
 
     figures = {}
     for name, (ref, meta) in {"r1": (False, False), "r2": (True, True)}.items():
         one_step(ref, meta)  # compile
-        total, step_s, tokens, trajs, sb = one_step(ref, meta)
+        total, step_s, tokens, padded, trajs, sb = one_step(ref, meta)
         figures[f"step_time_{name}"] = total
         figures[f"train_step_s_{name}"] = step_s
         figures[f"train_tokens_{name}"] = tokens
+        figures[f"train_padded_tokens_{name}"] = padded
         if name == "r2":
             figures["meta_tokens_r2"] = meta_tokens(sb)
             figures["meta_new_tokens"] = float(sum(meta_new_tokens(t) for t in trajs))
