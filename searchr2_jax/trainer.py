@@ -420,8 +420,10 @@ class Trainer:
         num_meta = T.meta_rows(len(trajs), c.refiner.max_revisions, c.train.micro_batches, shards)
         # A follow-up prompt continues the trajectory: its meta-actions ride in the trajectory's row.
         pack = c.refiner.prompt == "followup"
-        # The padded lengths to_batch would pick; multi-host, the largest over hosts so that every host agrees.
-        seq_len = T.bucket(max((len(T.packed_row(t, pack).tokens) for t in trajs), default=1))
+        # The padded lengths; multi-host, the largest over hosts so that every host agrees. Rows take the finer
+        # buckets: a trajectory with a revised draft's branch just past a power of two would otherwise double every
+        # row, and the attention of a dense row grows with the square of its length.
+        seq_len = T.bucket(max((len(T.packed_row(t, pack).tokens) for t in trajs), default=1), fine=True)
         meta_len = T.bucket(max((len(m.prompt_ids) + len(m.action_ids) for t in trajs for m in t.meta_actions),
                                 default=1))
         if jax.process_count() > 1:

@@ -9,7 +9,8 @@ in one process. Each variant is timed on its second step so compilation is exclu
                                any meta-action rows of their own)
   train_padded_tokens_r1, _r2  the tokens it computes on: rows x their padded length (`train.pack_rows` puts several
                                trajectories in a row)
-  meta_tokens_r2               of train_tokens_r2, those the meta-actions add to the trajectories
+  meta_tokens_r2               of train_tokens_r2, those the meta-actions add to the trajectories (the batch's real
+                               tokens minus its trajectories' prompts and responses)
   meta_new_tokens              what the meta-actions hold that their trajectories' rows do not: each refiner
                                sequence (prompt + integer) past its common prefix with its trajectory's row (a
                                discarded suffix, the follow-up prompt, the integer)
@@ -65,10 +66,11 @@ def meta_new_tokens(traj) -> int:
     return total
 
 
-def meta_tokens(sb) -> float:
-    """Real tokens of a StepBatch's meta-actions: its packed branches (segments > 0) and its meta-action rows."""
-    packed = float(np.sum(np.asarray(sb.valid) & (np.asarray(sb.packing.segment_ids) > 0)))
-    return packed + (float(np.sum(sb.meta_rows.valid)) if sb.meta_rows is not None else 0.0)
+def meta_tokens(sb, trajs) -> float:
+    """Real tokens a StepBatch holds beyond its trajectories' prompts and responses: its meta-actions, packed as
+    branches or as rows of their own."""
+    held = float(np.sum(sb.valid)) + (float(np.sum(sb.meta_rows.valid)) if sb.meta_rows is not None else 0.0)
+    return held - float(sum(len(t.job.prompt_ids) + len(t.response_ids) for t in trajs))
 
 
 def run(quick: bool = False) -> dict:
@@ -104,7 +106,7 @@ def run(quick: bool = False) -> dict:
         figures[f"train_tokens_{name}"] = tokens
         figures[f"train_padded_tokens_{name}"] = padded
         if name == "r2":
-            figures["meta_tokens_r2"] = meta_tokens(sb)
+            figures["meta_tokens_r2"] = meta_tokens(sb, trajs)
             figures["meta_new_tokens"] = float(sum(meta_new_tokens(t) for t in trajs))
             figures["meta_duplicate_tokens"] = figures["meta_tokens_r2"] - figures["meta_new_tokens"]
             # forward + backward = 6 N per token, plus the frozen reference's forward (2 N) for the KL term,

@@ -39,5 +39,19 @@ def test_meta_actions_need_only_what_their_row_lacks_and_packing_holds_nothing_m
                                    ([meta([90, 91, 92])], 4, 4)):
         traj.meta_actions = metas
         assert meta_new_tokens(traj) == new
-        assert meta_tokens(step_batch(T.to_batch([traj], pack_meta=True))) == new  # no duplicate
-        assert meta_tokens(step_batch(T.to_batch([traj]))) == standalone  # the rows repeat the shared prefixes
+        assert meta_tokens(step_batch(T.to_batch([traj], pack_meta=True)), [traj]) == new  # no duplicate
+        assert meta_tokens(step_batch(T.to_batch([traj])), [traj]) == standalone  # the rows repeat the shared prefixes
+
+
+def test_meta_tokens_count_the_same_once_trajectories_share_rows():
+    from searchr2_jax.rl import packing
+
+    trajs = []
+    for i, metas in enumerate(([meta([1, 2, 3, 4, 5, 6, 7, 50, 51])], [meta([1, 2, 3, 4, 5, 8, 8, 50, 51])])):
+        t = T.Trajectory(i, T.Job([1, 2, 3]), np.asarray([4, 5, 6, 7], np.int32), np.zeros(4, np.float32),
+                         np.ones(4, np.int8), [], T.ANSWERED, meta_actions=metas)
+        trajs.append(t)
+    sb = step_batch(T.to_batch(trajs, seq_len=32, pack_meta=True))
+    shared = packing.pack_rows(sb, 1)
+    assert np.asarray(shared.valid).sum(axis=1).tolist() == [10 + 12]  # both trajectories in one row
+    assert meta_tokens(shared, trajs) == meta_tokens(sb, trajs) == 3 + 5 == sum(map(meta_new_tokens, trajs))
