@@ -42,8 +42,8 @@ def _config(quick: bool):
     c.data.world = dict(seed=0, num_people=120, num_companies=30, num_cities=30, num_countries=6,
                         num_universities=8, num_distractors=10, num_questions=600) if quick else dict(seed=0)
     c.mesh.update(dict(data=1, fsdp=1, tensor=1))
-    # Without remat the full suite's train step asks XLA:CPU for one 30.6 GB buffer (the layers' saved attention
-    # probabilities at 1,024-2,048 tokens a row), more than the 24 GiB machine has.
+    # Without remat the full suite's train step keeps every layer's attention probabilities for the backward pass,
+    # more than a 24 GiB machine has (docs/performance.md).
     c.model.remat = not quick
     # An untrained refiner's own decisions would set the overhead; revise 30% of trajectories at a uniform step
     # instead (the rate the paper observed) — the scores are still computed, so the refiner's cost is real.
