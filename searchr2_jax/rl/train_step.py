@@ -8,6 +8,9 @@ Read top to bottom:
      both; table12 prompts come as rows of their own (`MetaRows`);
   2. global denominators: the loss is a mean over the *whole* batch under `loss_agg` (trajectories and meta-actions
      together, the latter weighted by `meta_weight`), so splitting it into micro-batches never changes it;
+  3. micro-batches run as a `lax.scan` inside the jit, each adding the gradient of its share of the global loss;
+  4. PPO-clip + KL to the frozen reference (+ optional entropy, + the critic's clipped value loss for PPO);
+  5. a non-finite loss or gradient skips the update (counted in `train/skipped`), never applied.
 The supervised warm-start step (`make_sft_step`) shares steps 2, 3 and 5 with a cross-entropy loss.
 """
 
