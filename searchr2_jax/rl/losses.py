@@ -101,17 +101,21 @@ def _sequences(mask: jax.Array, segments: jax.Array | None):
     return m, count[ids].reshape(b, t), jnp.sum((count > 0).astype(jnp.float32))
 
 
-def denominator(mask: jax.Array, mode: str = "token-mean", segments: jax.Array | None = None) -> jax.Array:
-    """The denominator of `mode` (see the module doc) for a [B, T] mask (may be float); `segments` as in
-    `aggregate`."""
-    m, _, seqs = _sequences(mask, segments)
+def _denominator(m: jax.Array, seqs: jax.Array, mode: str) -> jax.Array:
     if mode == "token-mean":
         return jnp.sum(m)
     if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
         return seqs
     if mode == "seq-mean-token-sum-norm":
-        return seqs * mask.shape[1]
+        return seqs * m.shape[1]
     raise ValueError(f"loss_agg={mode!r}: expected one of {LOSS_AGGS}")
+
+
+def denominator(mask: jax.Array, mode: str = "token-mean", segments: jax.Array | None = None) -> jax.Array:
+    """The denominator of `mode` (see the module doc) for a [B, T] mask (may be float); `segments` as in
+    `aggregate`."""
+    m, _, seqs = _sequences(mask, segments)
+    return _denominator(m, seqs, mode)
 
 
 def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token-mean",
@@ -121,9 +125,9 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token-mean",
 
     Both parts add up across micro-batches: sum(parts) / sum(denominators) is the global-batch loss.
     """
-    m, count, _ = _sequences(mask, segments)
+    m, count, seqs = _sequences(mask, segments)
     x = jnp.where(m > 0, per_token, 0.0) * m
-    denom = denominator(m, mode, segments)
+    denom = _denominator(m, seqs, mode)
     if mode == "seq-mean-token-mean":
         return jnp.sum(x / jnp.maximum(count, 1e-8)), denom
     return jnp.sum(x), denom
