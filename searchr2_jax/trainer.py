@@ -420,16 +420,15 @@ class Trainer:
         num_meta = T.meta_rows(len(trajs), c.refiner.max_revisions, c.train.micro_batches, shards)
         # A follow-up prompt continues the trajectory: its meta-actions ride in the trajectory's row.
         pack = c.refiner.prompt == "followup"
-        # The padded lengths; multi-host, the largest over hosts so that every host agrees. Rows take the finer
-        # buckets: a trajectory with a revised draft's branch just past a power of two would otherwise double every
-        # row, and the attention of a dense row grows with the square of its length.
-        seq_len = T.bucket(max((len(T.packed_row(t, pack).tokens) for t in trajs), default=1), fine=True)
-        meta_len = T.bucket(max((len(m.prompt_ids) + len(m.action_ids) for t in trajs for m in t.meta_actions),
-                                default=1))
-        if jax.process_count() > 1:
-            seq_len, meta_len = (int(v) for v in np.asarray(multihost_utils.process_allgather(
-                np.asarray([seq_len, meta_len], np.int32))).max(axis=0))
-        b = T.to_batch(trajs, seq_len=seq_len, meta_len=meta_len, num_meta=num_meta, pack_meta=pack)
+        # Rows take the finer buckets: a trajectory with a revised draft's branch just past a power of two would
+        # otherwise double every row, and the attention of a dense row grows with the square of its length.
+        b = T.to_batch(trajs, num_meta=num_meta, pack_meta=pack, fine=True)
+        if jax.process_count() > 1:  # every host pads to the largest lengths of any host
+            lens = [b.tokens.shape[1], b.meta_rows.tokens.shape[1] if b.meta_rows is not None else 1]
+            most = [int(v) for v in np.asarray(multihost_utils.process_allgather(
+                np.asarray(lens, np.int32))).max(axis=0)]
+            if most != lens:
+                b = T.to_batch(trajs, seq_len=most[0], meta_len=most[1], num_meta=num_meta, pack_meta=pack)
         loss_mask = np.asarray(adv_lib.drop_rows(keep, b.loss_mask))
         idx = np.arange(b.tokens.shape[1])[None, :]
         valid = idx < b.lengths[:, None]
@@ -466,10 +465,11 @@ class Trainer:
                        returns=returns.astype(np.float32), old_values=old_values, meta_rows=rows)
         if not c.train.pack_rows:
             return sb
-        num_rows = packing_lib.num_rows(sb, c.train.micro_batches * shards)
+        where = packing_lib.plan_rows(sb, c.train.micro_batches * shards)
+        rows = where.rows
         if jax.process_count() > 1:
-            num_rows = int(np.asarray(multihost_utils.process_allgather(np.asarray(num_rows, np.int32))).max())
-        return packing_lib.pack_rows(sb, num_rows)
+            rows = int(np.asarray(multihost_utils.process_allgather(np.asarray(rows, np.int32))).max())
+        return packing_lib.pack_rows(sb, where, rows)
 
     def diagnostics(self, step: int) -> dict:
         """The Meta-Refiner's Prop. 4.1 / 4.2 terms (`rl/diagnostics.py`) on `train.diagnostics_prompts` training

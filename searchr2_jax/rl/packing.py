@@ -10,6 +10,8 @@ the previous one's last, which only the prompt's first token sees, and no loss r
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from searchr2_jax.models import decoder
@@ -36,30 +38,43 @@ def plan(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, in
     return dest, offset, len(used)
 
 
-def num_rows(batch: StepBatch, multiple: int) -> int:
-    """The rows `pack_rows` needs, rounded up to a multiple of `multiple` (micro-batches x data shards)."""
-    used = plan(np.asarray(batch.valid).sum(axis=1), np.asarray(batch.tokens).shape[1])[2]
-    return max(multiple, -(-used // multiple) * multiple)
+class Plan(NamedTuple):
+    """Where `pack_rows` puts each row of a batch: destination row and offset, and the rows it needs (rounded up to a
+    multiple of micro-batches x data shards)."""
+
+    dest: np.ndarray  # [N] int64
+    offset: np.ndarray  # [N] int64
+    rows: int
 
 
-def pack_rows(batch: StepBatch, rows: int) -> StepBatch:
-    """`batch` (host arrays, each row's real tokens a prefix: right padding) as `rows` rows of the same length (at
-    least `num_rows`; more give padding rows, so that hosts can agree). `meta_rows` pass through unchanged."""
+def plan_rows(batch: StepBatch, multiple: int) -> Plan:
+    """The first-fit decreasing plan for `batch` (host arrays, each row's real tokens a prefix: right padding)."""
     valid = np.asarray(batch.valid)
-    n, t = valid.shape
+    t = valid.shape[1]
     lengths = valid.sum(axis=1)
     if not np.array_equal(valid, np.arange(t)[None, :] < lengths[:, None]):
         raise ValueError("pack_rows: every row's real tokens must come first (right padding)")
     dest, offset, used = plan(lengths, t)
-    if rows < used:
-        raise ValueError(f"pack_rows: {rows} rows for {used} rows' worth of tokens")
+    return Plan(dest, offset, max(multiple, -(-used // multiple) * multiple))
+
+
+def pack_rows(batch: StepBatch, where: Plan, rows: int | None = None) -> StepBatch:
+    """`batch` moved as `where` says, into `where.rows` rows of the same length, or `rows` (more give padding rows,
+    so that hosts can agree). `meta_rows` pass through unchanged."""
+    rows = where.rows if rows is None else rows
+    if rows < where.rows:
+        raise ValueError(f"pack_rows: {rows} rows for a plan of {where.rows}")
+    valid = np.asarray(batch.valid)
+    n, t = valid.shape
+    lengths = valid.sum(axis=1)
+    dest, offset = where.dest, where.offset
     src_r = np.repeat(np.arange(n), lengths)
     src_c = np.concatenate([np.arange(k) for k in lengths]) if n else np.zeros(0, np.int64)
     dst_r, dst_c = dest[src_r], offset[src_r] + src_c
 
-    def move(x, fill=0):
+    def move(x):
         x = np.asarray(x)
-        out = np.full((rows, t), fill, x.dtype)
+        out = np.zeros((rows, t), x.dtype)
         out[dst_r, dst_c] = x[src_r, src_c]
         return out
 

@@ -196,13 +196,13 @@ def packed_row(traj: Trajectory, pack_meta: bool) -> _Row:
 
 
 def to_batch(trajectories: Sequence[Trajectory], seq_len: int | None = None, meta_len: int | None = None,
-             num_meta: int | None = None, pack_meta: bool = False) -> TrajectoryBatch:
+             num_meta: int | None = None, pack_meta: bool = False, fine: bool = False) -> TrajectoryBatch:
     """Packs trajectories (and their meta-actions: into their rows with `pack_meta`, else as rows of their own)
-    into bucketed, right-padded arrays."""
+    into bucketed, right-padded arrays. `fine`: without `seq_len`, the rows take `bucket`'s finer lengths."""
     n = len(trajectories)
     rows = [packed_row(t, pack_meta) for t in trajectories]
     lens = [len(r.tokens) for r in rows]
-    T = seq_len or bucket(max(lens, default=1))
+    T = seq_len or bucket(max(lens, default=1), fine=fine)
     if max(lens, default=0) > T:
         raise ValueError(f"a row of {max(lens)} tokens does not fit seq_len={T}")
     arrays = {f: np.zeros((n, T), dt) for f, dt in (("tokens", np.int32), ("logprobs", np.float32),

@@ -52,6 +52,6 @@ def test_meta_tokens_count_the_same_once_trajectories_share_rows():
                          np.ones(4, np.int8), [], T.ANSWERED, meta_actions=metas)
         trajs.append(t)
     sb = step_batch(T.to_batch(trajs, seq_len=32, pack_meta=True))
-    shared = packing.pack_rows(sb, 1)
+    shared = packing.pack_rows(sb, packing.plan_rows(sb, 1))
     assert np.asarray(shared.valid).sum(axis=1).tolist() == [10 + 12]  # both trajectories in one row
     assert meta_tokens(shared, trajs) == meta_tokens(sb, trajs) == 3 + 5 == sum(map(meta_new_tokens, trajs))

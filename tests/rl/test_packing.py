@@ -30,9 +30,9 @@ def _critic_batch(seed=0):
 @pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
 def test_packed_rows_give_the_loss_metrics_and_gradient_of_one_trajectory_per_row(loss_agg):
     batch = _critic_batch()
-    rows = packing.num_rows(batch, 2)
-    packed = packing.pack_rows(batch, rows)
-    assert rows == 2 < batch.tokens.shape[0]  # four trajectories with their branches fit in two rows
+    where = packing.plan_rows(batch, 2)
+    packed = packing.pack_rows(batch, where)
+    assert where.rows == 2 == packed.tokens.shape[0] < batch.tokens.shape[0]  # four trajectories fit in two rows
     assert np.asarray(packed.valid).sum() == np.asarray(batch.valid).sum()
     for f in ("loss_mask", "meta_mask", "advantages", "returns", "old_values", "old_logprobs"):
         np.testing.assert_allclose(np.asarray(getattr(packed, f)).sum(), np.asarray(getattr(batch, f)).sum(),
@@ -63,7 +63,8 @@ def test_plan_is_first_fit_decreasing_and_bad_inputs_are_refused():
         packing.plan(np.asarray([9]), 8)
     batch = _critic_batch()
     with pytest.raises(ValueError, match="rows"):
-        packing.pack_rows(batch, 1)
+        packing.pack_rows(batch, packing.plan_rows(batch, 2), 1)
+    assert packing.pack_rows(batch, packing.plan_rows(batch, 2), 4).tokens.shape[0] == 4  # padding rows
     left = batch._replace(valid=np.asarray(batch.valid)[:, ::-1])
     with pytest.raises(ValueError, match="right padding"):
-        packing.pack_rows(left, 4)
+        packing.plan_rows(left, 4)
