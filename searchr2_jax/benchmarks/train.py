@@ -66,11 +66,16 @@ def meta_new_tokens(traj) -> int:
     return total
 
 
+def batch_tokens(sb) -> tuple[float, float]:
+    """(real, padded) tokens of a StepBatch: its rows and any meta-action rows of their own."""
+    rows = [sb.valid] + ([sb.meta_rows.valid] if sb.meta_rows is not None else [])
+    return float(sum(np.sum(v) for v in rows)), float(sum(np.size(v) for v in rows))
+
+
 def meta_tokens(sb, trajs) -> float:
     """Real tokens a StepBatch holds beyond its trajectories' prompts and responses: its meta-actions, packed as
     branches or as rows of their own."""
-    held = float(np.sum(sb.valid)) + (float(np.sum(sb.meta_rows.valid)) if sb.meta_rows is not None else 0.0)
-    return held - float(sum(len(t.job.prompt_ids) + len(t.response_ids) for t in trajs))
+    return batch_tokens(sb)[0] - float(sum(len(t.job.prompt_ids) + len(t.response_ids) for t in trajs))
 
 
 def run(quick: bool = False) -> dict:
@@ -93,9 +98,7 @@ def run(quick: bool = False) -> dict:
         trainer.state, metrics = trainer.train_step(trainer.state, sb)
         jax.block_until_ready(metrics)
         t2 = time.perf_counter()
-        rows = [sb.valid] + ([sb.meta_rows.valid] if sb.meta_rows is not None else [])
-        tokens, padded = float(sum(np.sum(v) for v in rows)), float(sum(np.size(v) for v in rows))
-        return t2 - t0, t2 - t1, tokens, padded, trajs, sb
+        return t2 - t0, t2 - t1, *batch_tokens(sb), trajs, sb
 
     figures = {}
     for name, (ref, meta) in {"r1": (False, False), "r2": (True, True)}.items():
