@@ -20,7 +20,7 @@ sft_steps, test_examples, stop_early (sft.stop_early_fraction: the demonstrator'
 short, with the bridge entity).
 """
 
-from configs.common import apply_variant, base_config, parse_arg
+from searchr2_jax.config import apply_variant, base_config, parse_arg
 
 
 def get_config(arg=None):
@@ -58,16 +58,8 @@ def get_config(arg=None):
                         ckpt_every=20, keep_checkpoints=2, progress=True, diagnostics_every=20,
                         diagnostics_prompts=32))
     c.mesh.update(dict(data=1, fsdp=1, tensor=1))
-    c.experiment = dict(
-        arms=tuple(a.arms.split("+")),
-        seeds=tuple(int(s) for s in a.seeds.split("+")),
-        baselines=("majority", "direct", "rag"),
-        test_split="test", test_examples=a.test_examples,
-        eval_batch_size=64,
-        bootstrap=1000,  # resamples of the test questions for the 95% intervals
-        warm_start="",  # a folder build_warm_start wrote (hf/, warm_start.json) to use instead of training one
-        headroom=True,  # the RL-headroom unit on dev (about 2 minutes)
-    )
+    c.experiment.update(dict(arms=tuple(a.arms.split("+")), seeds=tuple(int(s) for s in a.seeds.split("+")),
+                             test_examples=a.test_examples))
     if a.quick:  # the whole pipeline in about two minutes, for the tests: outputs, not figures
         c.data.world = dict(seed=0, num_people=120, num_companies=30, num_cities=30, num_countries=6,
                             num_universities=8, num_distractors=10, num_questions=600)

@@ -17,7 +17,7 @@ Switches: steps, seed, test_examples, arm (search_r2 runs the Meta-Refiner arm i
 import os
 
 from configs import learning
-from configs.common import parse_arg
+from searchr2_jax.config import parse_arg
 
 WARM_START = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                           "warm_start_stop_early")

@@ -5,7 +5,7 @@ in about 5-9 minutes on 2 CPU cores. It shows the pipeline, not learning (config
   python launch/train.py --config=configs/smoke.py --workdir=/tmp/searchr2_smoke
 """
 
-from configs.common import apply_variant, base_config, parse_arg
+from searchr2_jax.config import apply_variant, base_config, parse_arg
 
 
 def get_config(arg=None):

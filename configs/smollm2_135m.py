@@ -6,7 +6,7 @@
 The model path is resolved when the config is built (`model.hf_path`), converting the GGUF once into the cache.
 """
 
-from configs.common import apply_variant, base_config, parse_arg
+from searchr2_jax.config import apply_variant, base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ Other switches: sft_steps, steps, prompts (per step), seed (world, model and dat
 Compare rows with the same seed: world, warm start and data order are then identical.
 """
 
-from configs.common import apply_variant, base_config, parse_arg
+from searchr2_jax.config import apply_variant, base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -19,7 +19,7 @@ process reward), hf_path, data_dir (a folder holding corpus/train/dev/test.jsonl
 import math
 import os
 
-from configs.common import apply_variant, base_config, parse_arg
+from searchr2_jax.config import apply_variant, base_config, parse_arg
 
 
 def get_config(arg=None):

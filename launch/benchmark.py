@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from absl import app, flags  # noqa: E402
 
-from searchr2_jax.benchmarks import SUITES  # noqa: E402
+from searchr2_jax.benchmarks import CONFIGS, SUITES  # noqa: E402
 
 FLAGS = flags.DEFINE_string("suite", None, f"one of {sorted(SUITES)}", required=True)
 JSON_OUT = flags.DEFINE_string("json_out", None, "where to write the JSON figures (printed either way)")
@@ -31,8 +31,12 @@ def main(argv):
     import jax
 
     module = importlib.import_module(SUITES[FLAGS.value])
+    kwargs = {}
+    if FLAGS.value in CONFIGS:
+        kwargs["configs"] = {name: importlib.import_module(f"configs.{name}").get_config()
+                             for name in CONFIGS[FLAGS.value]}
     start = time.time()
-    figures = module.run(quick=QUICK.value)
+    figures = module.run(quick=QUICK.value, **kwargs)
     figures = dict(figures)
     figures["_meta"] = {
         "suite": FLAGS.value,

@@ -19,7 +19,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from searchr2_jax.retrieval.retriever import default_retrieval_config
+from searchr2_jax.config import default_retrieval_config
 
 _CFG = config_flags.DEFINE_config_dict("retrieval", default_retrieval_config(), "Retrieval config (see retriever.py).")
 _OUT = flags.DEFINE_string("out_dir", None, "Index directory to write.", required=True)

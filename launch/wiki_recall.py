@@ -15,7 +15,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from searchr2_jax.retrieval.retriever import default_retrieval_config
+from searchr2_jax.config import default_retrieval_config
 
 _CFG = config_flags.DEFINE_config_dict("retrieval", default_retrieval_config(), "Retrieval config (see retriever.py).")
 _BACKENDS = flags.DEFINE_list("backends", ["dense", "bm25"], "Backends to evaluate.")

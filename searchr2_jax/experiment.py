@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 
 from searchr2_jax.eval.stats import bootstrap_ci, paired_gain  # noqa: F401 (re-exported for callers)
-from searchr2_jax.variants import VARIANTS, ConfigError, apply_variant
+from searchr2_jax.config import VARIANTS, ConfigError, apply_variant
 
 RL_ARMS = (*VARIANTS, "ppo")  # the paper's Table 3 rows, rejection sampling, and PPO (search_r1 with a critic)
 HOPS = (1, 2, 3)

@@ -23,6 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from searchr2_jax import checkpoint as ckpt_lib
+from searchr2_jax.config import ConfigError, data_files, validate_config
 from searchr2_jax import metrics as metrics_lib
 from searchr2_jax.data import demos as demos_lib
 from searchr2_jax.data import qa as qa_lib
@@ -40,102 +41,16 @@ from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.train_step import MetaRows, StepBatch, make_sft_step, make_train_step, token_values
 from searchr2_jax.rollout import dump as dump_lib
 from searchr2_jax.rollout import types as T
-from searchr2_jax.rollout.refiner import MAX_REVISIONS, MetaRefiner
+from searchr2_jax.rollout.refiner import MetaRefiner
 from searchr2_jax.rollout.rollout import RolloutEngine
 from searchr2_jax.text import tokenizer as tok_lib
 from searchr2_jax.text.tokenizer import tokenize_segments
-from searchr2_jax.variants import ConfigError, check_variant
 
 __all__ = ["ConfigError", "Trainer", "validate_config"]
 
 
 # Tokens of a copy drill row: a question and one turn (data/demos.Demo.copy_drill_segments) fit with room to spare.
 COPY_DRILL_LEN = 96
-
-
-def _files(spec: str) -> list[str]:
-    return [p.strip() for p in (spec or "").split(",") if p.strip()]
-
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
-                    num_processes: int | None = None) -> None:
-    """Raises ConfigError naming the field of the first problem; cheap (no model, data or compilation).
-
-    `train.prompts_per_step` and `sft.batch_size` are global: each of `num_processes` hosts (default: JAX's)
-    takes an equal share."""
-    rl, ro, rf, tr = config.rl, config.rollout, config.refiner, config.train
-    check_variant(config)
-    if rl.algo not in ("grpo", "ppo"):
-        raise ConfigError(f"rl.algo={rl.algo!r}: expected 'grpo' or 'ppo'")
-    if rl.algo == "grpo" and rl.group_size < 2 and not rl.rejection_sampling:
-        raise ConfigError(f"rl.group_size={rl.group_size}: GRPO normalizes within a group and needs at least 2")
-    if ro.max_turns < 1:
-        raise ConfigError(f"rollout.max_turns={ro.max_turns}: at least one assistant turn is needed"
-                          + (" (and refiner.enabled=True revises a turn of it)" if rf.enabled else ""))
-    if rf.enabled and not 0 <= rf.max_revisions <= MAX_REVISIONS:
-        raise ConfigError(f"refiner.max_revisions={rf.max_revisions}: expected 0..{MAX_REVISIONS}")
-    if config.retrieval.k != ro.topk:
-        raise ConfigError(f"retrieval.k={config.retrieval.k} differs from rollout.topk={ro.topk}: training and "
-                          "evaluation retrieve rollout.topk passages per search; set both to the same value")
-    procs = jax.process_count() if num_processes is None else num_processes
-    if tr.prompts_per_step % procs:
-        raise ConfigError(f"train.prompts_per_step={tr.prompts_per_step} does not split over the {procs} processes "
-                          f"(each host rolls out prompts_per_step / process_count prompts)")
-    if config.sft.steps > 0 and config.sft.batch_size % procs:
-        raise ConfigError(f"sft.batch_size={config.sft.batch_size} does not split over the {procs} processes")
-    if config.sft.copy_steps > 0 and config.sft.copy_batch_size % procs:
-        raise ConfigError(f"sft.copy_batch_size={config.sft.copy_batch_size} does not split over the {procs} "
-                          "processes")
-    rows = tr.prompts_per_step * rl.group_size
-    if rows % tr.micro_batches:
-        raise ConfigError(f"train.micro_batches={tr.micro_batches} does not divide the {rows} rollout rows "
-                          f"(train.prompts_per_step x rl.group_size)")
-    if rl.recompute_old_logprobs not in ("auto", "on", "off"):
-        raise ConfigError(f"rl.recompute_old_logprobs={rl.recompute_old_logprobs!r}: expected 'auto', 'on' or 'off'")
-    if config.reward.judge not in judges.JUDGES:
-        raise ConfigError(f"reward.judge={config.reward.judge!r}: expected one of {sorted(judges.JUDGES)}")
-    if (config.reward.judge == "llm" and not config.reward.outcome_only
-            and "generate" not in config.reward.judge_kwargs and not config.reward.judge_model):
-        raise ConfigError("reward.judge='llm' needs reward.judge_model (an HF folder of the judge LM, or 'smollm2') "
-                          "or reward.judge_kwargs.generate (a callable)")
-    for name in ("flawed_fraction", "refiner_fraction", "stop_early_fraction"):
-        if not 0.0 <= config.sft[name] <= 1.0:
-            raise ConfigError(f"sft.{name}={config.sft[name]} must be in [0, 1]")
-    if tr.steps < 0 or config.sft.steps < 0:
-        raise ConfigError(f"train.steps={tr.steps}, sft.steps={config.sft.steps}: must be >= 0")
-    if tr.rollback_on_collapse and not 0.0 < tr.rollback_lr_factor <= 1.0:
-        raise ConfigError(f"train.rollback_lr_factor={tr.rollback_lr_factor}: expected in (0, 1]")
-    if tr.ckpt_every < 1:
-        raise ConfigError(f"train.ckpt_every={tr.ckpt_every}: must be >= 1")
-    if tr.log_every < 1:
-        raise ConfigError(f"train.log_every={tr.log_every}: must be >= 1")
-    if tr.dump_every < 0 or tr.dump_rows < 0:
-        raise ConfigError(f"train.dump_every={tr.dump_every}, train.dump_rows={tr.dump_rows}: must be >= 0")
-    if _files(config.data.train_files):
-        # Real QA data: no synthetic world, so no world tokenizer and no oracle judge.
-        if config.model.tokenizer == "world":
-            raise ConfigError("model.tokenizer='world' needs the synthetic world; with data.train_files set, give "
-                              "a tokenizer path (usually model.hf_path)")
-        # Real data gets one-search demonstrations only (data/demos.search_demo): no flaws, refiner labels, renamed
-        # names or copy drills, which need the synthetic world.
-        world_only = [k for k in ("flawed_fraction", "refiner_fraction", "stop_early_fraction", "copy_steps",
-                                  "fresh_names") if config.sft[k]]
-        if config.sft.steps > 0 and world_only:
-            raise ConfigError(f"sft.{world_only[0]}={config.sft[world_only[0]]}: needs the synthetic world; with "
-                              "data.train_files the warm start is one-search demonstrations (set it to 0)")
-        if not config.reward.outcome_only and config.reward.judge == "oracle":
-            raise ConfigError("reward.judge='oracle' needs the synthetic world's gold passage ids; use 'llm', "
-                              "'lexical' or 'none' with data.train_files")
-        if config.retrieval.backend != "http" and not (config.retrieval.corpus_path or config.retrieval.index_dir):
-            raise ConfigError("retrieval.corpus_path / retrieval.index_dir: one is needed with data.train_files "
-                              "(the synthetic corpus is not used)")
-    try:
-        data, fsdp, _ = sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
-    except sharding.ShardingError as e:
-        raise ConfigError(str(e)) from e
-    if (rows // tr.micro_batches) % (data * fsdp):
-        raise ConfigError(f"a micro-batch of {rows // tr.micro_batches} rows does not split over the mesh's "
-                          f"data x fsdp = {data * fsdp} devices (train.prompts_per_step, rl.group_size)")
 
 
 def _across_processes(metrics: dict) -> dict:
@@ -198,11 +113,11 @@ class Trainer:
 
         # --- data, retrieval, tokenizer, model
         d = config.data
-        if _files(d.train_files):  # real QA files over a real corpus (the paper's setting)
+        if data_files(d.train_files):  # real QA files over a real corpus (the paper's setting)
             self.world = None
-            self.train_examples = qa_lib.read_qa_files(_files(d.train_files))
+            self.train_examples = qa_lib.read_qadata_files(data_files(d.train_files))
             # The first data.eval_examples of each eval file, so that every dataset gets a row in the table.
-            self.eval_examples = [ex for f in _files(d.eval_files) for ex in qa_lib.read_qa_file(f)[: d.eval_examples]]
+            self.eval_examples = [ex for f in data_files(d.eval_files) for ex in qa_lib.read_qa_file(f)[: d.eval_examples]]
             self.retriever = build_retriever(config.retrieval)
             self.train_retriever = self.retriever
         else:

@@ -6,9 +6,8 @@ import os
 
 import pytest
 
-from configs import common
 from searchr2_jax.models.sharding import CHIP_HBM_BYTES
-from searchr2_jax.trainer import ConfigError, validate_config
+from searchr2_jax.config import VARIANTS, ConfigError, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -36,7 +35,7 @@ def test_config_builds_locks_and_validates(name):
         c.no_such_field = 1  # locked: typos in --config.x=y overrides fail
     for n in DEVICES[name]:
         validate_config(c, num_devices=n)
-    assert c.variant in common.VARIANTS
+    assert c.variant in VARIANTS
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
@@ -79,10 +78,10 @@ def test_meta_action_rows_divide_the_micro_batches_and_the_mesh(name):
         assert (m // c.train.micro_batches) % (data * fsdp) == 0 and m % c.train.micro_batches == 0
 
 
-@pytest.mark.parametrize("variant", sorted(common.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_synthetic_variants_set_their_switches(variant):
     c = load("synthetic", f"variant={variant}")
-    want = common.VARIANTS[variant]
+    want = VARIANTS[variant]
     assert c.variant == variant
     assert c.refiner.enabled == want["refiner"]
     assert c.reward.outcome_only == (not want["process_reward"])

@@ -16,7 +16,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 def test_a_shipped_warm_start_must_match_the_settings(tmp_path):
     sys.path.insert(0, ROOT)
     from configs.learning import get_config
-    from searchr2_jax.variants import ConfigError
+    from searchr2_jax.config import ConfigError
 
     c = get_config("quick=1")
     key = X.warm_start_key(c)

@@ -64,7 +64,7 @@ def _worker(coordinator: str, pid: int, workdir: str, out_dir: str):
 
 
 def test_global_batches_must_split_over_processes():
-    from searchr2_jax.trainer import ConfigError, validate_config
+    from searchr2_jax.config import ConfigError, validate_config
 
     c = tiny_config()
     c.mesh.update(dict(data=1, fsdp=1, tensor=1))

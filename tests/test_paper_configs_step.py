@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from searchr2_jax.trainer import Trainer, validate_config
+from searchr2_jax.config import validate_config
+from searchr2_jax.trainer import Trainer
 
 PAPER = ("qwen2p5_7b_r2", "qwen3_8b_r2", "qwen2p5_32b_r2")
 DEVICES = 8  # tests/conftest.py's fake CPU devices

@@ -22,7 +22,8 @@ from searchr2_jax.benchmarks.checkpoint_kill import is_timing
 from searchr2_jax.jsonl import read_jsonl
 from searchr2_jax.rl import advantages as adv_lib
 from searchr2_jax.rollout import types as T
-from searchr2_jax.trainer import COPY_DRILL_LEN, ConfigError, Trainer, validate_config
+from searchr2_jax.config import ConfigError, validate_config
+from searchr2_jax.trainer import COPY_DRILL_LEN, Trainer
 
 SFT, RL = 2, 3
 TOTAL = SFT + RL

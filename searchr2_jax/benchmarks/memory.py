@@ -1,7 +1,7 @@
 """Memory suite: each paper config's device memory, from compiled programs, before a pod is rented.
 
-For each paper config (configs/qwen2p5_7b_r2.py, qwen3_8b_r2.py, qwen2p5_32b_r2.py) a subprocess with the config's
-`mesh.devices` fake CPU devices builds its declared mesh and AOT-compiles, from `jax.ShapeDtypeStruct`s that carry
+For each paper config (configs/qwen2p5_7b_r2.py, qwen3_8b_r2.py, qwen2p5_32b_r2.py: `benchmarks.CONFIGS["memory"]`,
+which launch/benchmark.py loads and passes in) a subprocess with the config's `mesh.devices` fake CPU devices builds its declared mesh and AOT-compiles, from `jax.ShapeDtypeStruct`s that carry
 the trainer's shardings (no weight is ever allocated):
 
   train_step  the RL step as the trainer jits it (`make_train_step`: the config's micro-batches, remat, dtype, the
@@ -56,10 +56,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from searchr2_jax.config import base_config
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import state as state_lib
@@ -69,7 +71,6 @@ from searchr2_jax.rollout import sampler
 from searchr2_jax.rollout import types as T
 from searchr2_jax.trainer import jit_train_step
 
-PAPER_CONFIGS = ("qwen2p5_7b_r2", "qwen3_8b_r2", "qwen2p5_32b_r2")
 QUICK = "small"
 QUICK_DEVICES = 8
 
@@ -102,20 +103,9 @@ _STOPS, _STOP_LEN = 8, 8
 # ------------------------------------------------------------------------------------------------ configs
 
 
-def load_config(name: str, devices: int | None = None):
-    """The config `name` (a paper config's file stem, or QUICK: the small config on `devices`, default 8)."""
-    if name == QUICK:
-        return small_config(QUICK_DEVICES if devices is None else devices)
-    import importlib
-
-    return importlib.import_module(f"configs.{name}").get_config()
-
-
 def small_config(devices: int):
     """A paper-shaped config at small sizes: bf16 + remat, GRPO with the KL, a refiner with table12 prompts, mesh
     fsdp x tensor (tensor 2 where the devices allow)."""
-    from configs.common import base_config
-
     c = base_config()
     tensor = 2 if devices % 2 == 0 and devices > 1 else 1
     c.model.update(dict(hf_path="small-qwen2", dtype="bfloat16", remat=True))
@@ -351,24 +341,25 @@ def config_figures(name: str, config, mesh) -> dict:
 # ------------------------------------------------------------------------------------------------ processes
 
 
-def measure(name: str, timeout_s: float = 1800) -> dict:
-    """`config_figures` of config `name` in a subprocess with the config's `mesh.devices` fake CPU devices (the
-    device count is fixed when JAX starts), as tests/processes.py runs its workers."""
-    devices = QUICK_DEVICES if name == QUICK else load_config(name).mesh.devices
+def measure(name: str, config) -> dict:
+    """`config_figures` of `config` (named `name`) in a subprocess with the config's `mesh.devices` fake CPU devices
+    (the device count is fixed when JAX starts), as tests/processes.py runs its workers; the config goes over stdin
+    as JSON."""
+    devices = config.mesh.devices
     if devices < 1:
-        raise ValueError(f"configs/{name}.py: mesh.devices={devices}: the memory suite needs the pod size")
+        raise ValueError(f"{name}: mesh.devices={devices}: the memory suite needs the pod size")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=os.pathsep.join([root] + [p for p in sys.path if p]))
     done = subprocess.run([sys.executable, "-m", "searchr2_jax.benchmarks.memory", name], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=timeout_s)
+                          input=config.to_json(), capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"memory suite worker for {name} failed:\n{done.stderr[-5000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _worker(name: str) -> None:
-    config = load_config(name)
+    config = ml_collections.ConfigDict(json.loads(sys.stdin.read()))
     mesh = sharding.make_mesh(config.mesh, jax.devices()[: config.mesh.devices])
     print(json.dumps(config_figures(name, config, mesh)))
 
@@ -406,11 +397,14 @@ def measured_small_run() -> dict:
             "small_device_bytes_limit": stats.get("bytes_limit", -1)}
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, configs: dict | None = None) -> dict:
+    """`configs`: the paper configs by name (launch/benchmark.py loads `benchmarks.CONFIGS["memory"]`); `quick`
+    measures the small config instead."""
     figures = {}
-    for name in ((QUICK,) if quick else PAPER_CONFIGS):
+    todo = {QUICK: small_config(QUICK_DEVICES)} if quick else dict(configs or {})
+    for name, config in todo.items():
         t0 = time.perf_counter()
-        figures.update(measure(name))
+        figures.update(measure(name, config))
         figures[f"{name}_wall_s"] = round(time.perf_counter() - t0, 2)
     if jax.default_backend() != "cpu":
         figures.update(measured_small_run())

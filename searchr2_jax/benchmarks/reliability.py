@@ -59,6 +59,7 @@ from absl import logging
 from safetensors.numpy import save_file
 
 from searchr2_jax.benchmarks import checkpoint_kill
+from searchr2_jax.config import default_rollout_config
 
 FUZZ_REQUESTS = 1600  # 100 rounds of the 16 hostile kinds
 QUICK_FUZZ_REQUESTS = 100
@@ -98,7 +99,8 @@ def server_fuzz_figures(n: int = FUZZ_REQUESTS, seed: int = 0) -> dict:
     """`n` hostile requests against launch/serve_retrieval.py in a child process, checked against BM25 in process."""
     from searchr2_jax.retrieval import server_fuzz
     from searchr2_jax.retrieval.http import ServerLimits
-    from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+    from searchr2_jax.retrieval.retriever import build_retriever
+    from searchr2_jax.config import default_retrieval_config
 
     # Limits below the defaults keep each oversized request small, so the run stays short; the checks are the same.
     limits = ServerLimits(max_body_bytes=256 << 10, max_queries=500, max_topk=20, max_query_chars=4000)
@@ -134,7 +136,8 @@ def fuzz_tokenizer():
 
 
 def _bm25(corpus: str):
-    from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+    from searchr2_jax.retrieval.retriever import build_retriever
+    from searchr2_jax.config import default_retrieval_config
 
     cfg = default_retrieval_config()
     cfg.backend, cfg.corpus_path = "bm25", corpus
@@ -201,7 +204,7 @@ def retrieval_kill_figures(jobs: int = 96, seed: int = 0) -> dict:
 
     tok = fuzz_tokenizer()
     walker = fuzz.Walker.build(tok)
-    config = rollout_lib.default_rollout_config()
+    config = default_rollout_config()
     config.update(dict(slots=32, max_turns=4, max_prompt_tokens=48, max_response_tokens=160, max_obs_tokens=40,
                        topk=2, segment_steps=16, segment_exit_share=1.0, retrieval_timeout_s=60.0,
                        temperature=1.0))  # whole segments: rounds of several queries

@@ -189,7 +189,8 @@ def bench_world(encoder, quick: bool) -> dict:
     """Share of the synthetic world's scripted hop queries that retrieve their gold passage in the top 3 (the
     default world: ~2k passages, 10k questions; quick: the tiny one)."""
     from searchr2_jax.data import synthetic
-    from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+    from searchr2_jax.retrieval.retriever import build_retriever
+    from searchr2_jax.config import default_retrieval_config
 
     world = synthetic.generate_world(synthetic.WorldConfig.tiny() if quick else synthetic.WorldConfig())
     out = {"world_passages": float(len(world.passages)),

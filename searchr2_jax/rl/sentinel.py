@@ -23,28 +23,9 @@ import statistics
 from collections import deque
 
 import ml_collections
+from searchr2_jax.config import default_sentinel_config
 
 CHECKS = ("reward", "entropy", "searches", "length_low", "length_high", "skipped", "repetition")
-
-
-def default_sentinel_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        enabled=True,  # feed the sentinel every RL step (metrics are read back to the host each step)
-        baseline_steps=5,  # steps whose median forms a baseline (first N for start baselines; any N-window for peaks)
-        patience=3,  # consecutive breaching steps before a check fires
-        reward_ratio=0.3,  # reward collapse: reward/mean < 0.3 x peak baseline
-        min_reward_baseline=0.05,  # ... only once the peak baseline reached this much reward
-        entropy_ratio=0.1,  # entropy collapse: train/entropy < 0.1 x start baseline
-        searches_floor=0.05,  # searches -> 0: searches per trajectory <= 0.05 ...
-        min_searches_baseline=0.5,  # ... after a peak baseline of at least 0.5 searches per trajectory
-        length_low_ratio=0.25,  # response length collapse: tokens per trajectory < 0.25 x start baseline
-        length_high_ratio=4.0,  # response length explosion: tokens per trajectory > 4 x start baseline
-        repetition_share=0.5,  # degenerate repetition: at least half of the sampled responses degenerate
-        repetition_ngram=8,  # character n-gram length of the degeneracy test
-        repetition_distinct=0.2,  # a response is degenerate when under 20% of its character n-grams are distinct
-        repetition_min_chars=16,  # shorter responses are never called degenerate (too few n-grams to judge)
-        repetition_sample=32,  # trajectories per step whose generated text the trainer decodes for the share
-    ))
 
 
 @dataclasses.dataclass(frozen=True)

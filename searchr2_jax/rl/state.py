@@ -18,21 +18,6 @@ class TrainState(NamedTuple):
     rng: jax.Array  # typed PRNG key: all randomness of the run flows from here
 
 
-def default_optim_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        learning_rate=1e-6,  # paper: 1e-6
-        warmup_ratio=0.285,  # paper: warm-up ratio 0.285 of the total steps
-        schedule="constant",  # "constant" (after warm-up, verl default) or "cosine"
-        min_lr_ratio=0.0,
-        weight_decay=0.01,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        clip_norm=1.0,
-        master_f32=True,  # keep f32 master weights even when the model computes in bf16
-    ))
-
-
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     warmup = int(round(cfg.warmup_ratio * total_steps))
     lr = cfg.learning_rate

@@ -35,6 +35,7 @@ from searchr2_jax.rollout import rollout as rollout_lib
 from searchr2_jax.rollout import types as T
 from searchr2_jax.text import protocol
 from searchr2_jax.text.tokenizer import all_stop_sequences, eos_token_ids
+from searchr2_jax.config import default_rollout_config, default_refiner_config
 
 LONG_TOKEN_CHARS = 1000
 # Raw bytes of characters a tokenizer, a parser or a search backend may choke on, emitted one byte token at a time
@@ -341,7 +342,7 @@ def default_fuzz_config() -> ml_collections.ConfigDict:
 
 def rollout_config(fc: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The engine's config for a fuzz config: its shapes and timeout, sampled at temperature 1."""
-    rc = rollout_lib.default_rollout_config()
+    rc = default_rollout_config()
     rc.update(dict(slots=fc.slots, max_turns=fc.max_turns, max_prompt_tokens=fc.max_prompt_tokens,
                    max_response_tokens=fc.max_response_tokens, max_obs_tokens=fc.max_obs_tokens, topk=fc.topk,
                    segment_steps=fc.segment_steps, retrieval_timeout_s=fc.retrieval_timeout_s, temperature=1.0,
@@ -355,7 +356,7 @@ def fuzz(tokenizer, retriever, config: ml_collections.ConfigDict | None = None, 
     walker = Walker.build(tokenizer)
     flaky = FlakyRetriever(retriever, fc.fail_share)
     rc = rollout_config(fc)
-    refiner_cfg = refiner_lib.default_refiner_config()
+    refiner_cfg = default_refiner_config()
     refiner_cfg.max_revisions = 2
     refiner_cfg.margin = -1e9  # revise every judged row at its most likely step: the cut path runs on every row
     engines = {False: rollout_lib.RolloutEngine(walker.cfg, tokenizer, flaky, rc),

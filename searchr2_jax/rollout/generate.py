@@ -15,6 +15,7 @@ import jax
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rollout import rollout as rollout_lib
 from searchr2_jax.rollout import types as T
+from searchr2_jax.config import default_rollout_config
 
 
 @dataclasses.dataclass
@@ -47,7 +48,7 @@ def generate(cfg: DecoderConfig, params, tokenizer, prompts: Sequence[str], *, c
         raise ValueError(f"generate: {len(systems)} system messages for {len(prompts)} prompts")
     texts = [chat_text(tokenizer, p, s) if chat else p for p, s in zip(prompts, systems)]
     ids = [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
-    config = rollout_lib.default_rollout_config()
+    config = default_rollout_config()
     config.update(dict(slots=max(1, min(slots, len(ids))), max_turns=1,
                        max_prompt_tokens=T.bucket(max((len(i) for i in ids), default=1)),
                        max_response_tokens=max_new_tokens, segment_steps=min(64, max_new_tokens),

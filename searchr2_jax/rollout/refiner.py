@@ -32,25 +32,9 @@ from searchr2_jax.models import decoder
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rollout.types import MetaAction, Trajectory, Turn, bucket
 from searchr2_jax.text import protocol
+from searchr2_jax.config import default_refiner_config
 
 MAX_REVISIONS = 4  # the paper's N_max range (0..4); each revision of a job samples from a stream of its own
-
-
-def default_refiner_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        enabled=True,
-        max_revisions=1,  # N_max, 0..MAX_REVISIONS
-        margin=0.0,  # revise iff log p(j*) - log p(0) >= margin
-        prompt="followup",  # "followup" (Table 12's instruction after the Actor's conversation) | "table12"
-        chat=False,  # refiner prompt as a chat user message (instruct models)
-        max_prompt_tokens=4096,  # longer refiner prompts keep the most recent tokens of the trajectory text
-        # table12 prompts (or a refiner with its own params) are scored in passes of at most this many prompts
-        # (0 = all finished trajectories in one pass): a pass holds every row's activations on every device.
-        score_batch=0,
-        # Benchmarks only: revise this fraction of trajectories at a uniformly drawn step, whatever the scores say
-        # (the scores are still computed, so the cost is real). -1 = off.
-        force_revise_rate=-1.0,
-    ))
 
 
 @dataclasses.dataclass

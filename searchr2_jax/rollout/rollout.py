@@ -43,30 +43,11 @@ from searchr2_jax.rollout import types as T
 from searchr2_jax.rollout.refiner import MAX_REVISIONS, MetaRefiner, turn_texts
 from searchr2_jax.text import protocol
 from searchr2_jax.text.tokenizer import all_stop_sequences
+from searchr2_jax.config import default_rollout_config
 
 log = logging.getLogger(__name__)
 
 KIND_SEARCH, KIND_ANSWER, KIND_EOS = 0, 1, 2
-
-
-def default_rollout_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        slots=32,  # rows decoded together; more jobs than slots are admitted as slots free up
-        max_turns=4,
-        max_prompt_tokens=512,
-        max_response_tokens=1024,  # the response budget: generated + observation tokens
-        max_obs_tokens=512,  # cap per <information> block
-        topk=3,
-        segment_steps=64,  # K: device steps between host syncs (a segment also ends when every row stops)
-        # ... or once this share of its rows has stopped (they wait for the host meanwhile); 1.0 = all of them
-        segment_exit_share=0.25,
-        # The prompt prefix every job shares (the instruction template) is encoded once per rollout and copied into
-        # each new slot, whose prompt is then appended from there (0 = off; at least this many tokens).
-        min_shared_prefix=16,
-        temperature=1.0,
-        top_p=1.0,
-        retrieval_timeout_s=30.0,
-    ))
 
 
 class RetrievalTimeout(RuntimeError):

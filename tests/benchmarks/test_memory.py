@@ -1,16 +1,22 @@
 """The memory suite (benchmarks/memory.py): its abstract figures are the compiled programs' own, the paper configs
 divide their meshes, and (slow) fit their chips with 10% to spare."""
 
+import importlib
+
 import jax
 import numpy as np
 import pytest
 from jax.sharding import AbstractMesh
 
-from searchr2_jax.benchmarks import memory
+from searchr2_jax.benchmarks import CONFIGS, memory
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.train_step import make_train_step
 from searchr2_jax.trainer import jit_train_step
+
+
+def load_config(name):
+    return importlib.import_module(f"configs.{name}").get_config()
 
 
 def _tiny():
@@ -79,9 +85,9 @@ def test_train_step_on_the_mesh_matches_one_device():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", memory.PAPER_CONFIGS)
+@pytest.mark.parametrize("name", CONFIGS["memory"])
 def test_paper_configs_declare_a_chip_and_divide_their_mesh(name):
-    config = memory.load_config(name)
+    config = load_config(name)
     assert config.mesh.devices > 0 and sharding.hbm_bytes(config.mesh.chip) > 0
     shape = sharding.mesh_shape(config.mesh, config.mesh.devices)
     mesh = AbstractMesh(shape, sharding.AXES)
@@ -89,7 +95,7 @@ def test_paper_configs_declare_a_chip_and_divide_their_mesh(name):
 
 
 def test_undivided_names_what_does_not_split():
-    config = memory.load_config("qwen2p5_7b_r2")
+    config = load_config("qwen2p5_7b_r2")
     model_cfg = memory.model_config(config)
     config.train.micro_batches = 7  # 2,560 rows
     config.rollout.slots = 100
@@ -102,9 +108,9 @@ def test_undivided_names_what_does_not_split():
 
 
 @pytest.mark.slow  # compiles four programs per config on 64-128 fake devices: ~40 s each on 2 CPU cores
-@pytest.mark.parametrize("name", memory.PAPER_CONFIGS)
+@pytest.mark.parametrize("name", CONFIGS["memory"])
 def test_paper_configs_fit_their_chips_with_headroom(name):
-    figures = memory.measure(name)
+    figures = memory.measure(name, load_config(name))
     assert figures[f"{name}_undivided"] == 0
     assert figures[f"{name}_headroom"] >= 0.10, {k: v for k, v in figures.items() if k.endswith("_bytes")}
 

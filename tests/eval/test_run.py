@@ -11,8 +11,10 @@ from searchr2_jax.eval import evaluate as eval_lib
 from searchr2_jax.eval import run as run_lib
 from searchr2_jax.eval import table as table_lib
 from searchr2_jax.retrieval.cache import CachedRetriever, describe
-from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+from searchr2_jax.retrieval.retriever import build_retriever
+from searchr2_jax.config import default_retrieval_config
 from searchr2_jax.rollout import rollout as rollout_lib
+from searchr2_jax.config import default_rollout_config
 
 from ..rollout import scripted
 
@@ -47,7 +49,7 @@ def setup(script=AGENT_SCRIPT, style="protocol", cache_dir=None):
     retriever = Counting(build_retriever(rcfg, corpus=CORPUS))
     if cache_dir is not None:
         retriever = CachedRetriever(retriever, cache_dir, describe(retriever.retriever, rcfg))
-    config = rollout_lib.default_rollout_config()
+    config = default_rollout_config()
     config.update(dict(slots=4, max_turns=2, max_prompt_tokens=512, max_response_tokens=160, max_obs_tokens=48,
                        topk=2, segment_steps=8))
     engine = rollout_lib.RolloutEngine(cfg, TOK, retriever, config)

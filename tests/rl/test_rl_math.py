@@ -8,6 +8,7 @@ import pytest
 from searchr2_jax.retrieval.types import Passage
 from searchr2_jax.rl import advantages, judges, losses, rewards
 from searchr2_jax.rl.logprobs import entropy_from_logits, token_logprobs
+from searchr2_jax.config import default_loss_config
 
 
 def test_grpo_non_contiguous_groups_and_constant_groups():
@@ -68,7 +69,7 @@ def test_kl_estimators_by_hand():
 
 
 def test_ppo_clip_and_dual_clip_by_hand():
-    cfg = losses.default_loss_config()
+    cfg = default_loss_config()
     cfg.kl_coef = 0.0
     old = jnp.zeros((1, 4))
     logp = jnp.log(jnp.asarray([[1.5, 0.5, 1.1, 10.0]]))  # ratios 1.5, 0.5, 1.1, 10
@@ -86,7 +87,7 @@ def test_ppo_clip_and_dual_clip_by_hand():
 
 
 def test_kl_term_and_masked_tokens_get_zero_gradient():
-    cfg = losses.default_loss_config()
+    cfg = default_loss_config()
     mask = jnp.asarray([[1.0, 0.0, 1.0]])
     adv = jnp.asarray([[1.0, 1.0, -1.0]])
     ref = jnp.asarray([[-1.0, -1.0, -1.0]])
@@ -99,7 +100,7 @@ def test_kl_term_and_masked_tokens_get_zero_gradient():
 
 
 def test_micro_batched_sums_equal_the_global_mean():
-    cfg = losses.default_loss_config()
+    cfg = default_loss_config()
     rng = np.random.default_rng(1)
     logp, old, ref, adv = (jnp.asarray(rng.normal(size=(8, 5)) * 0.3 - 1) for _ in range(4))
     mask = jnp.asarray(rng.integers(0, 2, size=(8, 5)).astype(np.float32))
@@ -111,7 +112,7 @@ def test_micro_batched_sums_equal_the_global_mean():
 
 
 def test_value_loss_by_hand():
-    cfg = losses.default_loss_config()
+    cfg = default_loss_config()
     v, old, ret = jnp.asarray([[1.0, 0.0]]), jnp.asarray([[0.5, 0.0]]), jnp.asarray([[0.0, 1.0]])
     total, denom, _ = losses.value_loss(v, old, ret, jnp.ones((1, 2)), cfg)
     # tok0: v=1 -> 1.0; clipped 0.7 -> 0.49; max -> 1.0, x0.5 = 0.5 ; tok1: 0.5 * 1 = 0.5

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from searchr2_jax.rl import sentinel as S
+from searchr2_jax.config import default_sentinel_config
 
 PROSE = ["<search> capital of the river empire </search> the answer is the old harbor city by the canal",
          "I need the composer of the symphony. <search> symphony composer ancient city </search> <answer> Vela"]
@@ -62,7 +63,7 @@ def test_each_injected_collapse_fires_its_check_with_figures(check, collapse):
     alarms = fired(reports)
     assert [a.check for _, a in alarms] == [check]
     step, alarm = alarms[0]
-    patience = S.default_sentinel_config().patience
+    patience = default_sentinel_config().patience
     assert step == 60 + patience - 1 and alarm.onset_step == 60 and alarm.streak == patience
     assert reports[step].metrics() == {"sentinel/fired": 1.0, f"sentinel/fired/{check}": 1.0}
     assert reports[step].onset_step == 60
@@ -80,7 +81,7 @@ def test_each_injected_collapse_fires_its_check_with_figures(check, collapse):
 
 
 def test_a_bad_step_or_a_short_streak_does_not_fire():
-    patience = S.default_sentinel_config().patience
+    patience = default_sentinel_config().patience
 
     def blips(m):
         m.update({"reward/mean": 0.0, "train/skipped": 1.0, "rollout/searches_per_trajectory": 0.0})

@@ -9,8 +9,10 @@ import pytest
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.rl.losses import LOSS_AGGS, default_loss_config
+from searchr2_jax.rl.losses import LOSS_AGGS
+from searchr2_jax.config import default_loss_config
 from searchr2_jax.rl.train_step import MetaRows, StepBatch, make_sft_step, make_train_step, sequence_logprobs
+from searchr2_jax.config import default_optim_config
 
 CFG = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                     intermediate_size=64, rope_theta=10000.0, tie_word_embeddings=True)
@@ -49,7 +51,7 @@ def _meta(b: StepBatch, **kw) -> StepBatch:
 
 def _state(kl=0.001):
     params = decoder.init_params(CFG, jax.random.key(0), std=0.1)
-    optim = state_lib.default_optim_config()
+    optim = default_optim_config()
     optim.update(dict(learning_rate=1e-3, warmup_ratio=0.0))
     opt = state_lib.make_optimizer(optim, 10)
     return state_lib.init_state(params, opt, jax.random.key(1), with_reference=kl > 0), opt

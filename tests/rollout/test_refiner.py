@@ -7,6 +7,7 @@ from searchr2_jax.models import decoder
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rollout import refiner as refiner_lib
 from searchr2_jax.rollout import types as T
+from searchr2_jax.config import default_refiner_config
 
 from . import scripted
 
@@ -17,7 +18,7 @@ def test_multi_token_candidates_are_scored_token_by_token_and_batched_that_way()
     cfg = DecoderConfig(vocab_size=len(TOK), hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                         head_dim=16, intermediate_size=64, tie_word_embeddings=True)
     params = decoder.init_params(cfg, jax.random.key(0), std=0.5)
-    rc = refiner_lib.default_refiner_config()
+    rc = default_refiner_config()
     ref = refiner_lib.MetaRefiner(cfg, TOK, rc, max_turns=3)
     # A tokenizer that splits every integer in two: "j" -> [id(j), 7].
     ref.candidate_ids = [[c[0], 7] for c in ref.candidate_ids]

@@ -12,6 +12,7 @@ from searchr2_jax.rollout import rollout as rollout_lib
 from searchr2_jax.rollout import sampler
 from searchr2_jax.rollout import types as T
 from searchr2_jax.text import protocol
+from searchr2_jax.config import default_rollout_config, default_refiner_config
 
 from . import scripted
 
@@ -36,13 +37,13 @@ class FakeRetriever:
 def engine(slots=4, retriever=None, refiner_choice=None, refiner=False, max_revisions=1, script=None,
            prompt="followup", noise=0.0, **overrides):
     cfg, params = scripted.machine(TOK, script=script, refiner_choice=refiner_choice, noise=noise)
-    config = rollout_lib.default_rollout_config()
+    config = default_rollout_config()
     config.update(dict(slots=slots, max_prompt_tokens=16, max_response_tokens=96, max_obs_tokens=32, topk=2,
                        segment_steps=8, retrieval_timeout_s=1.0))
     config.update(overrides)
     ref = None
     if refiner:
-        rc = refiner_lib.default_refiner_config()
+        rc = default_refiner_config()
         rc.max_revisions = max_revisions
         rc.prompt = prompt
         ref = refiner_lib.MetaRefiner(cfg, TOK, rc, max_turns=config.max_turns)
@@ -318,7 +319,7 @@ def test_decode_groups_cover_the_rows_in_order_at_the_least_modelled_cost():
 
 
 def test_n_max_out_of_range_is_refused():
-    rc = refiner_lib.default_refiner_config()
+    rc = default_refiner_config()
     rc.max_revisions = refiner_lib.MAX_REVISIONS + 1
     with pytest.raises(ValueError, match="max_revisions"):
         refiner_lib.MetaRefiner(scripted.machine(TOK)[0], TOK, rc)

@@ -8,11 +8,13 @@ import pytest
 
 from searchr2_jax.data import synthetic
 from searchr2_jax.eval.evaluate import make_jobs
-from searchr2_jax.retrieval.retriever import build_retriever, default_retrieval_config
+from searchr2_jax.retrieval.retriever import build_retriever
+from searchr2_jax.config import default_retrieval_config
 from searchr2_jax.rollout import refiner as refiner_lib
 from searchr2_jax.rollout import rollout as rollout_lib
 from searchr2_jax.rollout import types as T
 from searchr2_jax.rollout.render import render_trajectory
+from searchr2_jax.config import default_rollout_config, default_refiner_config
 
 from ..models import smollm2
 
@@ -26,10 +28,10 @@ def rollout():
     rcfg = default_retrieval_config()
     rcfg.backend = "bm25"
     retriever = build_retriever(rcfg, corpus=world.corpus())
-    config = rollout_lib.default_rollout_config()
+    config = default_rollout_config()
     config.update(dict(slots=4, max_turns=3, topk=2, max_prompt_tokens=256, max_response_tokens=64,
                        max_obs_tokens=32, segment_steps=32, temperature=1.0))
-    rc = refiner_lib.default_refiner_config()
+    rc = default_refiner_config()
     rc.update(dict(chat=True, max_revisions=1, force_revise_rate=1.0))
     engine = rollout_lib.RolloutEngine(cfg, tok, retriever, config,
                                        refiner_lib.MetaRefiner(cfg, tok, rc, max_turns=config.max_turns))
