@@ -19,9 +19,9 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from searchr2_jax.config import default_retrieval_config
 from searchr2_jax.retrieval.http import ServerLimits
 from searchr2_jax.retrieval.retriever import build_retriever
-from searchr2_jax.config import default_retrieval_config
 
 _CFG = config_flags.DEFINE_config_dict("retrieval", default_retrieval_config(), "Retrieval config (see retriever.py).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on. The protocol has no authentication: "

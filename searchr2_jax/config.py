@@ -234,7 +234,7 @@ def base_config() -> ml_collections.ConfigDict:
         eval_batch_size=64,
         bootstrap=1000,  # resamples of the test questions for the 95% intervals
         warm_start="",  # a folder build_warm_start wrote (hf/, warm_start.json) to use instead of training one
-        headroom=True,  # the RL-headroom unit on dev (about 2 minutes)
+        headroom=True,  # the RL-headroom unit on dev (a few greedy and sampled passes over dev questions)
     ))
     return c
 

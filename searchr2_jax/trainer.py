@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 
 import jax
@@ -23,34 +22,21 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from searchr2_jax import checkpoint as ckpt_lib
-from searchr2_jax.config import ConfigError, data_files, validate_config
+from searchr2_jax import components
 from searchr2_jax import metrics as metrics_lib
+from searchr2_jax.config import ConfigError, validate_config
 from searchr2_jax.data import demos as demos_lib
-from searchr2_jax.data import qa as qa_lib
-from searchr2_jax.data import synthetic
 from searchr2_jax.data.pipeline import QAPipeline
 from searchr2_jax.eval import evaluate as eval_lib
-from searchr2_jax.models import decoder, hf_io, sharding
-from searchr2_jax.models.config import DecoderConfig
-from searchr2_jax.retrieval.retriever import build_retriever
-from searchr2_jax.rl import advantages as adv_lib
-from searchr2_jax.rl import judges, rewards
-from searchr2_jax.rl import packing as packing_lib
+from searchr2_jax.models import sharding
+from searchr2_jax.rl import batch as batch_lib
+from searchr2_jax.rl import rewards, scoring
 from searchr2_jax.rl import sentinel as sentinel_lib
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.rl.train_step import MetaRows, StepBatch, make_sft_step, make_train_step, token_values
+from searchr2_jax.rl.train_step import StepBatch, jit_values, make_sft_step, make_train_step
 from searchr2_jax.rollout import dump as dump_lib
-from searchr2_jax.rollout import types as T
-from searchr2_jax.rollout.refiner import MetaRefiner
-from searchr2_jax.rollout.rollout import RolloutEngine
-from searchr2_jax.text import tokenizer as tok_lib
-from searchr2_jax.text.tokenizer import tokenize_segments
 
 __all__ = ["ConfigError", "Trainer", "validate_config"]
-
-
-# Tokens of a copy drill row: a question and one turn (data/demos.Demo.copy_drill_segments) fit with room to spare.
-COPY_DRILL_LEN = 96
 
 
 def _across_processes(metrics: dict) -> dict:
@@ -61,6 +47,11 @@ def _across_processes(metrics: dict) -> dict:
     values = np.asarray(multihost_utils.process_allgather(np.asarray([float(metrics[k]) for k in keys], np.float32)))
     summed = ("rollout/trajectories", "rollout/tokens_generated")
     return {k: float(values[:, i].sum() if k in summed else values[:, i].mean()) for i, k in enumerate(keys)}
+
+
+def _max_over_processes(sizes: list[int]) -> list[int]:
+    """The element-wise largest of every process's `sizes` (a collective: every process calls it)."""
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(sizes, np.int32))).max(axis=0)]
 
 
 def _gather_json(obj) -> list:
@@ -111,41 +102,16 @@ class Trainer:
         # Rollout keys are fold_in(data_rng, step) for steps < 2**32 - 1; eval keys branch off the last one.
         self.eval_rng = jax.random.fold_in(self.data_rng, 2**32 - 1)
 
-        # --- data, retrieval, tokenizer, model
-        d = config.data
-        if data_files(d.train_files):  # real QA files over a real corpus (the paper's setting)
-            self.world = None
-            self.train_examples = qa_lib.read_qadata_files(data_files(d.train_files))
-            # The first data.eval_examples of each eval file, so that every dataset gets a row in the table.
-            self.eval_examples = [ex for f in data_files(d.eval_files) for ex in qa_lib.read_qa_file(f)[: d.eval_examples]]
-            self.retriever = build_retriever(config.retrieval)
-            self.train_retriever = self.retriever
-        else:
-            self.world = synthetic.generate_world(synthetic.WorldConfig(**d.world))
-            self.train_examples = self.world.splits[d.train_split]
-            self.eval_examples = self.world.splits[d.eval_split][: d.eval_examples]
-            # Evaluation searches the whole world; training (rollouts and demonstrations) searches its own region
-            # only, so no held-out passage ever reaches a training context.
-            self.retriever = build_retriever(config.retrieval, corpus=self.world.corpus())
-            self.train_retriever = build_retriever(config.retrieval, corpus=self.world.corpus(d.train_split))
-        self.tokenizer = self._tokenizer()
-        self.mesh = sharding.make_mesh(config.mesh, devices)
-        # Multi-host: every host rolls out its own prompts on its own devices (the engine reads its arrays back on
-        # the host), with the global parameters viewed on this sub-mesh; train steps run on the global mesh.
-        try:
-            self.local_mesh = sharding.process_local_mesh(self.mesh)
-        except sharding.ShardingError as e:
-            raise ConfigError(f"multi-host rollouts: {e}") from e
+        # --- data, retrieval, tokenizer, meshes, model, rollout engines (Actor + Meta-Refiner share the model)
+        parts = components.build(config, workdir, devices, rng=init_rng)
+        self.world, self.tokenizer, self.model_cfg = parts.world, parts.tokenizer, parts.model_cfg
+        self.train_examples, self.eval_examples = parts.train_examples, parts.eval_examples
+        self.retriever, self.mesh, self.local_mesh = parts.retriever, parts.mesh, parts.local_mesh
+        self.engine, self.eval_engine = parts.engine, parts.eval_engine
         self.num_processes, self.process_index = jax.process_count(), jax.process_index()
-        self.model_cfg, params = self._model(init_rng)
-
-        # --- rollout engine (Actor + Meta-Refiner share the model)
-        refiner = MetaRefiner(self.model_cfg, self.tokenizer, config.refiner, config.rollout.max_turns)
-        self.engine = RolloutEngine(self.model_cfg, self.tokenizer, self.train_retriever, config.rollout, refiner,
-                                    mesh=self.local_mesh)
-        self.eval_engine = RolloutEngine(self.model_cfg, self.tokenizer, self.retriever, config.rollout, refiner,
-                                         mesh=self.local_mesh)
-        self.judge = self._judge()
+        self.judge = components.build_judge(config, self.local_mesh)
+        self.sft_batches = demos_lib.SFTBatches(config, self.world, self.train_examples, self.tokenizer,
+                                                parts.train_retriever)
 
         # --- optimization
         self.sft_steps, self.rl_steps = config.sft.steps, config.train.steps
@@ -154,139 +120,26 @@ class Trainer:
         self.lr_scale, self.rollbacks = 1.0, 0  # RL learning-rate factor left by collapse rollbacks (checkpointed)
         self.sentinel = sentinel_lib.Sentinel(config.train.sentinel)
         use_ref = config.rl.loss.kl_coef > 0
-        state = state_lib.init_state(params, self.rl_opt, state_rng, with_reference=use_ref)
+        state = state_lib.init_state(parts.params, self.rl_opt, state_rng, with_reference=use_ref)
         # Every parameter and optimizer leaf is placed by the partition rules; batches split over data x fsdp.
         self.state_shardings = sharding.tree_shardings(state, self.mesh)
         self.state = sharding.put_global(state, self.state_shardings)
         self.sft_step = jit_sft_step(config, self.model_cfg, self.mesh, self.state_shardings, self.sft_opt)
-        self.recompute_old = recompute_old_logprobs(config, self.model_cfg)
         self.train_step = jit_train_step(config, self.model_cfg, self.mesh, self.state_shardings, self.rl_opt)
+        self._values = jit_values(self.model_cfg) if config.rl.algo == "ppo" else None  # on the rollout's params
         # Each host reads its own shard (QAPipeline splits by process index) and its share of the global batch.
-        if config.rl.algo == "ppo":  # the critic's values for GAE, on the rollout engine's (per-host) parameters
-            self._values = jax.jit(lambda params, tokens, valid: token_values(
-                self.model_cfg, params, decoder.forward_hidden(self.model_cfg, params, tokens, mask=valid)[0]))
         self.pipeline = QAPipeline(self.train_examples, batch_size=config.train.prompts_per_step // self.num_processes,
                                    group_size=config.rl.group_size, seed=config.seed)
         self.iterator = iter(self.pipeline)
         self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
         self.writer = metrics_lib.MetricWriter(workdir)
-        self._demo_writer = None
         self._regen_engine = None
-
-    # ------------------------------------------------------------------------------------------ set-up
-
-    def _tokenizer(self):
-        path = self.config.model.tokenizer
-        if path != "world":
-            return tok_lib.load_tokenizer(path)
-        from searchr2_jax.data.world_tokenizer import train_world_tokenizer
-
-        out = os.path.join(self.workdir, "tokenizer")
-        if os.path.exists(os.path.join(out, "tokenizer.json")):
-            return tok_lib.load_tokenizer(out)
-        if jax.process_count() == 1:
-            return train_world_tokenizer(self.world, vocab_size=self.config.model.vocab_size, out_dir=out)
-        # Multi-host (a shared workdir): process 0 trains and writes it, every process then loads the same files.
-        if jax.process_index() == 0:
-            train_world_tokenizer(self.world, vocab_size=self.config.model.vocab_size, out_dir=out)
-        multihost_utils.sync_global_devices("searchr2_jax world tokenizer")
-        return tok_lib.load_tokenizer(out)
-
-    def _model(self, rng):
-        m = self.config.model
-        if m.hf_path:
-            cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, remat=m.remat, logits_chunk=m.logits_chunk,
-                                                value_head=self.config.rl.algo == "ppo")
-            return hf_io.load_params(m.hf_path, cfg, shardings=sharding.param_shardings(cfg, self.mesh))
-        # A from-scratch model sized by config; the embedding matches the tokenizer exactly (never resized later).
-        cfg = DecoderConfig(vocab_size=len(self.tokenizer), dtype=m.dtype, remat=m.remat, logits_chunk=m.logits_chunk,
-                            value_head=self.config.rl.algo == "ppo", tie_word_embeddings=True, **dict(m.init))
-        return cfg, decoder.init_params(cfg, rng)
-
-    def _judge(self) -> judges.Judge:
-        r = self.config.reward
-        if r.judge == "llm" and not r.outcome_only and "generate" not in r.judge_kwargs:
-            return judges.LLMJudge.from_pretrained(r.judge_model, r.judge_max_new_tokens, mesh=self.local_mesh)
-        return judges.make_judge(r.judge, **dict(r.judge_kwargs))
 
     def local_params(self):
         """The current parameters on this process's sub-mesh (the rollout engine's); a no-op with one process."""
         return sharding.to_local_mesh(self.state.params, self.local_mesh)
 
     # ------------------------------------------------------------------------------------------ phases
-
-    def sft_batch(self, step: int):
-        """The SFT batch of `step`: demonstrations (and refiner examples), tokenized with loss masks.
-
-        A pure function of (config.seed, step), so a run resumed mid-SFT continues the same stream of batches.
-        Multi-host: this host's sft.batch_size / process_count rows, drawn with the process index in the seed."""
-        c = self.config.sft
-        if self.world is None:
-            return self._search_demo_batch(step)
-        drill = step < c.copy_steps
-        if self._demo_writer is None:
-            self._demo_writer = demos_lib.DemoWriter(self.world, k=self.config.rollout.topk,
-                                                     retriever=self.train_retriever)
-            self._name_words = self.world.name_words()
-        procs = jax.process_count()
-        rng = self._sft_rng(step)
-        examples = self.train_examples
-        L, rows = (COPY_DRILL_LEN, c.copy_batch_size // procs) if drill else (c.seq_len, c.batch_size // procs)
-        idx = rng.choice(len(examples), size=rows, replace=False)
-        demos = self._demo_writer.demos([examples[i] for i in idx], seed=int(rng.integers(2**31)),
-                                        flawed_fraction=0.0 if drill else c.flawed_fraction,
-                                        stop_early_fraction=0.0 if drill else c.stop_early_fraction)
-        if c.fresh_names or drill:
-            demos = [d.renamed(synthetic.Renamer(self._name_words, random.Random(int(rng.integers(2**31)))))
-                     for d in demos]
-        rows_segs = []
-        for d in demos:
-            # Sound demos (and the demonstrator's early answers) teach the Actor; a share of them and every other flawed
-            # demo teach the refiner its label (the first flawed step, 0 when sound) under the rollout's prompt.
-            if drill:
-                rows_segs.append(d.copy_drill_segments())
-            elif (d.flawed_step == 0 or d.stopped_early) and rng.random() >= c.refiner_fraction:
-                rows_segs.append(d.sft_segments())
-            else:
-                rows_segs.append(d.refiner_segments(prompt=self.config.refiner.prompt))
-        return self._pack(rows_segs, L)
-
-    def _sft_rng(self, step: int) -> np.random.Generator:
-        """The SFT batch generator of `step`; multi-host, each process draws its own rows."""
-        procs = jax.process_count()
-        return np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
-
-    def _pack(self, rows_segs, L: int):
-        """(tokens, valid, loss mask) [rows, L] of tokenized segment lists, each cut to L tokens and zero-padded."""
-        tokens = np.zeros((len(rows_segs), L), np.int32)
-        mask = np.zeros((len(rows_segs), L), np.float32)
-        valid = np.zeros((len(rows_segs), L), bool)
-        for r, segs in enumerate(rows_segs):
-            ids, m = tokenize_segments(self.tokenizer, segs)
-            ids, m = ids[:L], m[:L]
-            tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
-        return tokens, valid, mask
-
-    def _search_demo_batch(self, step: int):
-        """Real QA data: one-search demonstrations (`demos.search_demo`) of training questions whose answer the
-        training retriever finds; questions it misses are skipped, drawn in a seeded order, so the batch is again a
-        pure function of (config.seed, step)."""
-        c, ro = self.config.sft, self.config.rollout
-        rng = self._sft_rng(step)
-        rows, L = c.batch_size // jax.process_count(), c.seq_len
-        order = rng.permutation(len(self.train_examples))
-        demos: list = []
-        for start in range(0, len(order), 2 * rows):
-            exs = [self.train_examples[i] for i in order[start:start + 2 * rows]]
-            found = self.train_retriever.search([ex.question.strip() for ex in exs], ro.topk)
-            demos += [d for ex, ps in zip(exs, found) if (d := demos_lib.search_demo(
-                ex, ps, self.tokenizer, chat=self.config.model.chat, max_obs_tokens=ro.max_obs_tokens)) is not None]
-            if len(demos) >= rows:
-                break
-        if len(demos) < rows:
-            raise ConfigError(f"sft.batch_size={c.batch_size}: the retriever finds the answer of only {len(demos)} "
-                              f"training questions")
-        return self._pack([d.sft_segments() for d in demos[:rows]], L)
 
     def rollout_and_score(self, params, batch, rng, use_refiner: bool | None = None):
         """Rollouts for one group batch, then EM, process reward and the hybrid reward per trajectory."""
@@ -295,96 +148,21 @@ class Trainer:
                                   batch.group_ids)
         out = self.engine.run(params, jobs, rng, use_refiner=use_refiner)
         trajs = out.trajectories
-        em, f1 = eval_lib.score(trajs)
-        useful = np.zeros(len(trajs), np.float32)
-        if not self.config.reward.outcome_only and self.config.reward.judge != "none":
-            # One batched call for the whole step (the LLM judge decodes every prompt in one engine run).
-            useful = np.asarray(self.judge.count_many([judges.JudgeItem(
-                t.job.question, t.job.golden_answers, [turn.passages for turn in t.searches],
-                t.job.metadata.get("gold_passage_ids")) for t in trajs]), np.float32)
-        searches = np.asarray([len(t.searches) for t in trajs], np.float32)
-        reward = np.asarray([rewards.hybrid_reward(e, u, m, outcome_only=self.config.reward.outcome_only)
-                             for e, u, m in zip(em, useful, searches)], np.float32)
-        density = np.where(searches > 0, useful / np.maximum(searches, 1), 0.0)
-        self.reward_terms = rewards.RewardTerms(em, useful, reward)  # for the trajectory dumps
-        sentinel_cfg = self.config.train.sentinel
-        if sentinel_cfg.enabled:  # generated text only (no retrieved passages), averaged over hosts like the rest
-            out.metrics["rollout/repetition_share"] = sentinel_lib.repetition_share(
-                (tok_lib._decode(self.tokenizer, t.response_ids[np.asarray(t.loss_mask) > 0])
-                 for t in trajs[:sentinel_cfg.repetition_sample]), sentinel_cfg)
-        metrics = dict(out.metrics, **{"reward/mean": reward.mean(), "reward/em": em.mean(), "reward/f1": f1.mean(),
-                                       "reward/density": density.mean()}, **self.judge.stats())
-        return trajs, reward, _across_processes(metrics)
+        reward, self.reward_terms, reward_metrics = scoring.score_rollouts(trajs, self.judge, self.config.reward)
+        if self.config.train.sentinel.enabled:  # averaged over hosts like the rest
+            out.metrics["rollout/repetition_share"] = sentinel_lib.response_repetition_share(
+                trajs, self.tokenizer, self.config.train.sentinel)
+        return trajs, reward, _across_processes(dict(out.metrics, **reward_metrics))
 
-    def step_batch(self, trajs, reward) -> StepBatch:
-        """Advantages (GRPO by group id, or rejection sampling), broadcast onto generated and meta-action tokens.
-
-        A `retrieval_error` row is an infrastructure fault, not a wrong answer: it and its meta-actions get zero
-        loss weight and stay out of the group (or PPO whitening) statistics; `self.step_batch_metrics` counts them.
-        """
-        c = self.config
-        ppo = c.rl.algo == "ppo"
-        keep = np.asarray([t.status != T.RETRIEVAL_ERROR for t in trajs], bool)
-        self.step_batch_metrics = {"train/retrieval_error_rows": float(np.sum(~keep))}
-        if c.rl.rejection_sampling or not ppo:
-            gid = np.unique(np.asarray([t.job.group_id for t in trajs]), return_inverse=True)[1].reshape(-1)
-            seq_adv = np.asarray(adv_lib.sequence_advantages(
-                jnp.asarray(reward), jnp.asarray(gid), jnp.asarray(keep), normalize_std=c.rl.normalize_std,
-                rejection_sampling=c.rl.rejection_sampling))
+    def step_batch(self, trajs, reward) -> tuple[StepBatch, dict]:
+        """The RL step's batch of these trajectories and its metrics (rl/batch.py)."""
+        values = None
+        if self.config.rl.algo == "ppo":
+            params = self.local_params()
+            values = lambda tokens, valid: self._values(params, tokens, valid)  # noqa: E731
+        agree = _max_over_processes if self.num_processes > 1 else None
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        num_meta = T.meta_rows(len(trajs), c.refiner.max_revisions, c.train.micro_batches, shards)
-        # A follow-up prompt continues the trajectory: its meta-actions ride in the trajectory's row.
-        pack = c.refiner.prompt == "followup"
-        # Rows take the finer buckets: a trajectory with a revised draft's branch just past a power of two would
-        # otherwise double every row, and the attention of a dense row grows with the square of its length.
-        b = T.to_batch(trajs, num_meta=num_meta, pack_meta=pack, fine=True)
-        if jax.process_count() > 1:  # every host pads to the largest lengths of any host
-            lens = [b.tokens.shape[1], b.meta_rows.tokens.shape[1] if b.meta_rows is not None else 1]
-            most = [int(v) for v in np.asarray(multihost_utils.process_allgather(
-                np.asarray(lens, np.int32))).max(axis=0)]
-            if most != lens:
-                b = T.to_batch(trajs, seq_len=most[0], meta_len=most[1], num_meta=num_meta, pack_meta=pack)
-        loss_mask = np.asarray(adv_lib.drop_rows(keep, b.loss_mask))
-        idx = np.arange(b.tokens.shape[1])[None, :]
-        valid = idx < b.lengths[:, None]
-        zeros = np.zeros(b.tokens.shape, np.float32)
-        old_values, returns = zeros, zeros
-        if ppo and not c.rl.rejection_sampling:
-            # PPO: the critic's values under the sampling policy's parameters, the reward on each trajectory's last
-            # generated token, GAE across the retrieved spans, advantages whitened over the batch's loss tokens.
-            old_values = np.asarray(self._values(self.local_params(), b.tokens, idx < b.traj_lengths[:, None]))
-            mask = jnp.asarray(loss_mask)
-            adv, ret = adv_lib.gae_advantages(adv_lib.terminal_rewards(jnp.asarray(reward), mask),
-                                              jnp.asarray(old_values), mask, c.rl.gamma, c.rl.lam)
-            adv_tok, returns = np.asarray(adv_lib.masked_whiten(adv, mask)), np.asarray(ret)
-            # A meta-action shares its trajectory's advantage: the one at the trajectory's first generated token
-            # (with gamma = lam = 1, the whole return against the critic's estimate from the prompt).
-            first = np.argmax(loss_mask > 0, axis=1)
-            seq_adv = adv_tok[np.arange(len(trajs)), first]
-            old_values = np.where(loss_mask > 0, old_values, 0.0).astype(np.float32)
-        else:
-            adv_tok = seq_adv[:, None] * (loss_mask > 0)
-        train_meta = float(c.refiner.enabled and c.rl.train_meta_actions)
-        meta_mask = np.asarray(adv_lib.drop_rows(keep, b.meta_mask)) * train_meta
-        adv_tok = np.where(meta_mask > 0, seq_adv[:, None], adv_tok).astype(np.float32)
-        rows = None
-        if b.meta_rows is not None and train_meta:
-            r = b.meta_rows
-            rmask = np.asarray(adv_lib.drop_rows(keep, r.mask, r.index)) * train_meta
-            radv = np.where(r.index >= 0, seq_adv[np.maximum(r.index, 0)], 0.0)[:, None] * rmask
-            rows = MetaRows(r.tokens, np.arange(r.tokens.shape[1])[None, :] < r.lengths[:, None], rmask,
-                            r.logprobs, radv.astype(np.float32))
-        sb = StepBatch(tokens=b.tokens, valid=valid,
-                       packing=decoder.Packing(b.positions, b.segment_ids, b.shared_start, b.shared_end),
-                       loss_mask=loss_mask, meta_mask=meta_mask, old_logprobs=b.logprobs, advantages=adv_tok,
-                       returns=returns.astype(np.float32), old_values=old_values, meta_rows=rows)
-        if not c.train.pack_rows:
-            return sb
-        where = packing_lib.plan_rows(sb, c.train.micro_batches * shards)
-        rows = where.rows
-        if jax.process_count() > 1:
-            rows = int(np.asarray(multihost_utils.process_allgather(np.asarray(rows, np.int32))).max())
-        return packing_lib.pack_rows(sb, where, rows)
+        return batch_lib.step_batch(trajs, reward, self.config, shards, values=values, agree=agree)
 
     def diagnostics(self, step: int) -> dict:
         """The Meta-Refiner's Prop. 4.1 / 4.2 terms (`rl/diagnostics.py`) on `train.diagnostics_prompts` training
@@ -503,7 +281,7 @@ class Trainer:
         while step < end:
             t0 = time.time()
             if step < self.sft_steps:
-                tokens, valid, mask = sharding.host_local_to_global(self.sft_batch(step), self.mesh)
+                tokens, valid, mask = sharding.host_local_to_global(self.sft_batches(step), self.mesh)
                 self.state, metrics = self.sft_step(self.state, tokens, valid, mask)
             else:
                 if step == self.sft_steps and step > 0:  # phase switch: fresh RL optimizer, reference = warm start
@@ -516,8 +294,9 @@ class Trainer:
                 if self.num_processes > 1:  # hosts roll out different prompts: give them different samples too
                     rng = jax.random.fold_in(rng, self.process_index)
                 trajs, reward, metrics = self.rollout_and_score(self.local_params(), batch, rng)
-                step_batch = sharding.host_local_to_global(self.step_batch(trajs, reward), self.mesh)
-                metrics.update(self.step_batch_metrics)
+                step_batch, batch_metrics = self.step_batch(trajs, reward)
+                step_batch = sharding.host_local_to_global(step_batch, self.mesh)
+                metrics.update(batch_metrics)
                 self.state, step_metrics = self.train_step(self.state, step_batch)
                 metrics.update(step_metrics)
             step += 1

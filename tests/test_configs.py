@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from searchr2_jax.models.sharding import CHIP_HBM_BYTES
 from searchr2_jax.config import VARIANTS, ConfigError, validate_config
+from searchr2_jax.models.sharding import CHIP_HBM_BYTES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))

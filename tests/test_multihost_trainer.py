@@ -45,7 +45,7 @@ def _worker(coordinator: str, pid: int, workdir: str, out_dir: str):
     trainer = Trainer(tiny_config(), workdir)
     assert trainer.pipeline.batch_size == PROMPTS // 2
     assert len(trainer.local_mesh.devices.flat) == 2
-    sft_tokens = trainer.sft_batch(0)[0]
+    sft_tokens = trainer.sft_batches(0)[0]
     assert sft_tokens.shape[0] == 2  # sft.batch_size 4 over 2 processes
     final = trainer.run()
     params = {sharding.key_path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import types
 
 import jax
 import numpy as np
@@ -17,13 +16,16 @@ import pytest
 from jax._src import compilation_cache
 
 from configs import smoke
+
 from searchr2_jax import checkpoint as ckpt_lib
 from searchr2_jax.benchmarks.checkpoint_kill import is_timing
+from searchr2_jax.config import ConfigError, validate_config
+from searchr2_jax.data.demos import COPY_DRILL_LEN
 from searchr2_jax.jsonl import read_jsonl
 from searchr2_jax.rl import advantages as adv_lib
+from searchr2_jax.rl import batch as batch_lib
 from searchr2_jax.rollout import types as T
-from searchr2_jax.config import ConfigError, validate_config
-from searchr2_jax.trainer import COPY_DRILL_LEN, Trainer
+from searchr2_jax.trainer import Trainer, recompute_old_logprobs
 
 SFT, RL = 2, 3
 TOTAL = SFT + RL
@@ -144,11 +146,11 @@ def test_interrupted_runs_resume_and_reproduce_the_uninterrupted_run(uninterrupt
 
 def test_sft_batches_are_a_function_of_seed_and_step(compile_cache, tmp_path):
     trainer = Trainer(tiny_config(), str(tmp_path), devices=one_device())
-    first = [trainer.sft_batch(step) for step in range(3)]
-    resumed = Trainer(tiny_config(), str(tmp_path), devices=one_device()).sft_batch(2)  # a fresh process, mid-stream
+    first = [trainer.sft_batches(step) for step in range(3)]
+    resumed = Trainer(tiny_config(), str(tmp_path), devices=one_device()).sft_batches(2)  # a fresh process, mid-stream
     for x, y in zip(first[2], resumed):
         np.testing.assert_array_equal(x, y)
-    for x, y in zip(first[1], trainer.sft_batch(1)):
+    for x, y in zip(first[1], trainer.sft_batches(1)):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(first[0][0], first[1][0])
 
@@ -159,13 +161,13 @@ def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(comp
     trainer = Trainer(c, str(tmp_path), devices=one_device())
     names = trainer.world.name_words()
     for step, length in ((0, COPY_DRILL_LEN), (1, c.sft.seq_len)):  # a copy drill, then demonstrations
-        tokens, valid, mask = trainer.sft_batch(step)
+        tokens, valid, mask = trainer.sft_batches(step)
         assert tokens.shape == ((c.sft.copy_batch_size, length) if step == 0 else (c.sft.batch_size, length))
-        np.testing.assert_array_equal(tokens, trainer.sft_batch(step)[0])  # still a function of (seed, step)
+        np.testing.assert_array_equal(tokens, trainer.sft_batches(step)[0])  # still a function of (seed, step)
         text = " ".join(trainer.tokenizer.decode(t[v]) for t, v in zip(tokens, valid))
         assert not set(re.findall(r"[A-Za-z]+", text)) & names
         assert "<search>" in text and ("<information>" in text) == (step > 0)
-    tokens, valid, mask = trainer.sft_batch(0)
+    tokens, valid, mask = trainer.sft_batches(0)
     for t, v, m in zip(tokens, valid, mask):  # the loss is on the turn, which names the question's subject
         question = trainer.tokenizer.decode(t[v & (m == 0)])
         turn = trainer.tokenizer.decode(t[m > 0])
@@ -178,13 +180,13 @@ def test_a_demonstrator_that_stops_early_teaches_the_actor_its_early_answers(com
     c = tiny_config()
     c.sft.update(dict(stop_early_fraction=1.0, flawed_fraction=0.0, refiner_fraction=0.0, seq_len=768))
     trainer = Trainer(c, str(tmp_path), devices=one_device())
-    trainer.sft_batch(0)  # builds the demo writer
+    trainer.sft_batches(0)  # builds the demo writer
     drawn = []
-    demos = trainer._demo_writer.demos
-    trainer._demo_writer.demos = lambda *a, **k: drawn.extend(demos(*a, **k)) or drawn[-len(a[0]):]
+    demos = trainer.sft_batches.writer.demos
+    trainer.sft_batches.writer.demos = lambda *a, **k: drawn.extend(demos(*a, **k)) or drawn[-len(a[0]):]
     early = 0
     for step in range(1, 4):
-        tokens, valid, mask = trainer.sft_batch(step)
+        tokens, valid, mask = trainer.sft_batches(step)
         for d, t, v, m in zip(drawn[-len(tokens):], tokens, valid, mask):
             assert "ASSISTANT_STEP_" not in trainer.tokenizer.decode(t[v & (m == 0)][:64])  # Actor rows only
             text = trainer.tokenizer.decode(t[m > 0])
@@ -221,12 +223,10 @@ def test_retrieval_errors_get_no_loss_weight_and_stay_out_of_the_statistics(mode
     groups = [7, 7, 7, 3, 3, 3]
     reward = np.asarray([1.0, 5.0, 0.0, 0.5, -5.0, 0.0], np.float32)
     keep = np.asarray([s != T.RETRIEVAL_ERROR for s in statuses])
-    # A stand-in for the Trainer: step_batch reads the config and, for PPO, the critic (here V = 0).
-    stub = types.SimpleNamespace(config=c, local_params=lambda: None, recompute_old=False,
-                                 mesh=types.SimpleNamespace(shape={"data": 1, "fsdp": 1}),
-                                 _values=lambda params, tokens, valid: np.zeros(tokens.shape, np.float32))
-    sb = Trainer.step_batch(stub, _trajs(statuses, groups), reward)
-    assert stub.step_batch_metrics == {"train/retrieval_error_rows": 2.0}
+    # For PPO, the critic's values: here V = 0.
+    sb, metrics = batch_lib.step_batch(_trajs(statuses, groups), reward, c, shards=1,
+                                       values=lambda tokens, valid: np.zeros(tokens.shape, np.float32))
+    assert metrics == {"train/retrieval_error_rows": 2.0}
     mask, adv = np.asarray(sb.loss_mask), np.asarray(sb.advantages)
     assert not mask[~keep].any() and not adv[~keep].any() and mask[keep].sum(1).min() > 0
     meta = np.asarray(sb.meta_mask)
@@ -357,16 +357,16 @@ def test_real_data_warm_start_batches_are_one_search_demos_of_found_answers(tmp_
     c.sft.update(dict(flawed_fraction=0.0, refiner_fraction=0.0, stop_early_fraction=0.0, copy_steps=0,
                       batch_size=8, seq_len=384))
     trainer = Trainer(c, str(tmp_path / "run"), devices=one_device())
-    tokens, valid, mask = trainer.sft_batch(0)
+    tokens, valid, mask = trainer.sft_batches(0)
     assert tokens.shape == (8, 384) and mask.sum(1).min() > 0 and (mask <= valid).all()
     for row, v, m in zip(tokens, valid, mask):
         text = trainer.tokenizer.decode(row[m > 0].tolist())
         gold = re.search(r"town(\d+)", trainer.tokenizer.decode(row[v].tolist())).group(1)  # the question's
         assert "<search>" in text and "<information>" not in text  # retrieved text is never trained on
         assert re.search(rf"<answer> Person{gold} </answer>", text), text
-    again = trainer.sft_batch(0)
+    again = trainer.sft_batches(0)
     assert all(np.array_equal(a, b) for a, b in zip((tokens, valid, mask), again))
-    assert not np.array_equal(trainer.sft_batch(1)[0], tokens)
+    assert not np.array_equal(trainer.sft_batches(1)[0], tokens)
 
 
 @pytest.mark.slow  # its own compile of the critic path: ~15 s on 2 CPU cores
@@ -382,7 +382,7 @@ def test_ppo_with_a_critic_trains_the_value_head(compile_cache, tmp_path):
     batch = next(trainer.iterator)
     trajs, reward, _ = trainer.rollout_and_score(trainer.local_params(), batch, jax.random.key(0))
     reward = np.linspace(-1.0, 1.0, len(trajs)).astype(np.float32)  # distinct rewards: non-zero advantages
-    sb = trainer.step_batch(trajs, reward)
+    sb, _ = trainer.step_batch(trajs, reward)
     live = np.asarray(sb.loss_mask) > 0
     assert live.any()
     # GAE advantages are whitened over the loss tokens; returns and old values live on loss tokens only.
@@ -408,11 +408,11 @@ def test_recomputed_old_logprobs_start_the_ratio_at_one_under_bfloat16(compile_c
     c.model.dtype = "bfloat16"
     c.rollout.temperature = 1.0
     trainer = Trainer(c, str(tmp_path), devices=one_device())
-    assert trainer.recompute_old
+    assert recompute_old_logprobs(c, trainer.model_cfg)
     batch = next(trainer.iterator)
     trajs, _, _ = trainer.rollout_and_score(trainer.local_params(), batch, jax.random.key(0))
     reward = np.linspace(-1.0, 1.0, len(trajs)).astype(np.float32)
-    sb = trainer.step_batch(trajs, reward)
+    sb, _ = trainer.step_batch(trajs, reward)
     _, metrics = trainer.train_step(trainer.state, sb)
     assert float(metrics["train/ratio_deviation_at_start"]) > 1e-4  # the sampler's pi_old was off
     assert float(metrics["train/ratio"]) == 1.0 and float(metrics["train/clip_frac"]) == 0.0

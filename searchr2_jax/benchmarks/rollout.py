@@ -44,16 +44,14 @@ import time
 import jax
 import numpy as np
 
+from searchr2_jax.config import default_refiner_config, default_retrieval_config, default_rollout_config
 from searchr2_jax.data import synthetic
 from searchr2_jax.eval.evaluate import make_jobs
 from searchr2_jax.models import hf_io
 from searchr2_jax.retrieval.retriever import build_retriever
-from searchr2_jax.config import default_retrieval_config
-from searchr2_jax.rollout.refiner import MetaRefiner
-from searchr2_jax.config import default_refiner_config
 from searchr2_jax.rollout import sampler
+from searchr2_jax.rollout.refiner import MetaRefiner
 from searchr2_jax.rollout.rollout import RolloutEngine
-from searchr2_jax.config import default_rollout_config
 from searchr2_jax.text import protocol
 from searchr2_jax.text.tokenizer import load_tokenizer
 

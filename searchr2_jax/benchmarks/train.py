@@ -95,7 +95,7 @@ def run(quick: bool = False, configs: dict | None = None) -> dict:
         trainer.config.rl.train_meta_actions = train_meta
         t0 = time.perf_counter()
         trajs, reward, _ = trainer.rollout_and_score(trainer.state.params, batch, rng, use_refiner=use_refiner)
-        sb = trainer.step_batch(trajs, reward)
+        sb, _ = trainer.step_batch(trajs, reward)
         t1 = time.perf_counter()
         trainer.state, metrics = trainer.train_step(trainer.state, sb)
         jax.block_until_ready(metrics)

@@ -22,12 +22,17 @@ import dataclasses
 import random
 from typing import Sequence
 
+import jax
+import numpy as np
+
+from searchr2_jax.config import ConfigError
 from searchr2_jax.data.qa import QAExample
 from searchr2_jax.data.synthetic import TEMPLATES, Renamer, World
 from searchr2_jax.retrieval.types import Passage, Retriever
 from searchr2_jax.rl.rewards import normalize_answer
 from searchr2_jax.text.protocol import (Segment, Step, build_prompt, build_refiner_followup, build_refiner_prompt,
                                         refiner_candidates, render_information, segment_trajectory)
+from searchr2_jax.text.tokenizer import tokenize_segments
 
 FLAWS = ("lookalike", "premature", "repeat")
 _REL_PHRASE = {"birth_city": "birthplace", "employer": "employer", "university": "university",
@@ -247,3 +252,85 @@ def search_demo(ex: QAExample, passages: Sequence[Passage], tokenizer, chat: boo
 
 def _steps(segs: Sequence[Segment]) -> list[Step]:
     return segment_trajectory(segs)
+
+
+# Tokens of a copy drill row: a question and one turn (Demo.copy_drill_segments) fit with room to spare.
+COPY_DRILL_LEN = 96
+
+
+class SFTBatches:
+    """The warm start's batches: `batches(step)` -> (tokens, valid, loss mask) [rows, L] of demonstrations (and
+    refiner examples, and copy drills for the first `sft.copy_steps`), a pure function of (config.seed, step), so a
+    run resumed mid-SFT continues the same stream. Multi-host: this host's sft.batch_size / process_count rows,
+    drawn with the process index in the seed. With real QA data (no world): one-search demonstrations."""
+
+    def __init__(self, config, world: World | None, examples: Sequence[QAExample], tokenizer, retriever: Retriever):
+        self.config, self.world, self.examples = config, world, examples
+        self.tokenizer, self.retriever = tokenizer, retriever
+        self.writer = None  # the DemoWriter, built on the first synthetic batch
+
+    def __call__(self, step: int):
+        c = self.config.sft
+        if self.world is None:
+            return self._search_demos(step)
+        drill = step < c.copy_steps
+        if self.writer is None:
+            self.writer = DemoWriter(self.world, k=self.config.rollout.topk, retriever=self.retriever)
+            self._name_words = self.world.name_words()
+        procs = jax.process_count()
+        rng = self._rng(step)
+        L, rows = (COPY_DRILL_LEN, c.copy_batch_size // procs) if drill else (c.seq_len, c.batch_size // procs)
+        idx = rng.choice(len(self.examples), size=rows, replace=False)
+        demos = self.writer.demos([self.examples[i] for i in idx], seed=int(rng.integers(2**31)),
+                                  flawed_fraction=0.0 if drill else c.flawed_fraction,
+                                  stop_early_fraction=0.0 if drill else c.stop_early_fraction)
+        if c.fresh_names or drill:
+            demos = [d.renamed(Renamer(self._name_words, random.Random(int(rng.integers(2**31))))) for d in demos]
+        rows_segs = []
+        for d in demos:
+            # Sound demos (and the demonstrator's early answers) teach the Actor; a share of them and every other
+            # flawed demo teach the refiner its label (the first flawed step, 0 when sound) under the rollout's
+            # prompt.
+            if drill:
+                rows_segs.append(d.copy_drill_segments())
+            elif (d.flawed_step == 0 or d.stopped_early) and rng.random() >= c.refiner_fraction:
+                rows_segs.append(d.sft_segments())
+            else:
+                rows_segs.append(d.refiner_segments(prompt=self.config.refiner.prompt))
+        return self._pack(rows_segs, L)
+
+    def _rng(self, step: int) -> np.random.Generator:
+        procs = jax.process_count()
+        return np.random.default_rng([self.config.seed, step] + ([jax.process_index()] if procs > 1 else []))
+
+    def _pack(self, rows_segs, L: int):
+        """(tokens, valid, loss mask) [rows, L] of tokenized segment lists, each cut to L tokens and zero-padded."""
+        tokens = np.zeros((len(rows_segs), L), np.int32)
+        mask = np.zeros((len(rows_segs), L), np.float32)
+        valid = np.zeros((len(rows_segs), L), bool)
+        for r, segs in enumerate(rows_segs):
+            ids, m = tokenize_segments(self.tokenizer, segs)
+            ids, m = ids[:L], m[:L]
+            tokens[r, :len(ids)], mask[r, :len(ids)], valid[r, :len(ids)] = ids, m, True
+        return tokens, valid, mask
+
+    def _search_demos(self, step: int):
+        """One-search demonstrations (`search_demo`) of training questions whose answer the training retriever
+        finds; questions it misses are skipped, drawn in a seeded order, so the batch is again a pure function of
+        (config.seed, step)."""
+        c, ro = self.config.sft, self.config.rollout
+        rng = self._rng(step)
+        rows, L = c.batch_size // jax.process_count(), c.seq_len
+        order = rng.permutation(len(self.examples))
+        demos: list = []
+        for start in range(0, len(order), 2 * rows):
+            exs = [self.examples[i] for i in order[start:start + 2 * rows]]
+            found = self.retriever.search([ex.question.strip() for ex in exs], ro.topk)
+            demos += [d for ex, ps in zip(exs, found) if (d := search_demo(
+                ex, ps, self.tokenizer, chat=self.config.model.chat, max_obs_tokens=ro.max_obs_tokens)) is not None]
+            if len(demos) >= rows:
+                break
+        if len(demos) < rows:
+            raise ConfigError(f"sft.batch_size={c.batch_size}: the retriever finds the answer of only {len(demos)} "
+                              f"training questions")
+        return self._pack([d.sft_segments() for d in demos[:rows]], L)

@@ -10,6 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from searchr2_jax import components
+from searchr2_jax.config import data_files, validate_config
 from searchr2_jax.data import qa as qa_lib
 from searchr2_jax.eval import evaluate as eval_lib
 from searchr2_jax.retrieval.cache import CachedRetriever, describe
@@ -26,10 +28,6 @@ class Agent:
     world: object = None  # the synthetic world, when the config has one
 
 
-def _files(spec: str) -> list[str]:
-    return [p.strip() for p in (spec or "").split(",") if p.strip()]
-
-
 def load_agent(config: ml_collections.ConfigDict, workdir: str | None = None, step: int | None = None,
                cache_dir: str | None = None) -> Agent:
     """The config's model (`model.hf_path`), or with `workdir` the checkpoint `step` (default: the latest) of a
@@ -37,24 +35,17 @@ def load_agent(config: ml_collections.ConfigDict, workdir: str | None = None, st
     `$SEARCHR2_CACHE/retrieval`)."""
     cache_dir = cache_dir or os.path.join(default_cache_dir(), "retrieval")
     if workdir:
-        from searchr2_jax.trainer import Trainer
-
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise FileNotFoundError(f"{workdir}: no checkpoints/ (train first with launch/train.py)")
-        trainer = Trainer(config, workdir)
-        try:
-            got = trainer.restore(step)
-        finally:
-            trainer.ckpt.close()
-            trainer.writer.close()
-        if got == 0:
-            raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
-        engine, params, retriever = trainer.eval_engine, trainer.local_params(), trainer.retriever
-        model, world = f"{workdir} step {got}", trainer.world
+        validate_config(config)
+        parts = components.build(config, workdir)
+        got, params = _restore_params(config, parts, workdir, step)
+        engine, retriever = parts.eval_engine, parts.retriever
+        model, world = f"{workdir} step {got}", parts.world
     else:
         if not config.model.hf_path:
             raise ValueError("model.hf_path is empty: give an HF folder, or --workdir to evaluate a checkpoint")
-        if not _files(config.data.eval_files):
+        if not data_files(config.data.eval_files):
             raise ValueError("data.eval_files is empty: evaluating an HF model needs QA files (the synthetic world "
                              "is evaluated from a training workdir)")
         from searchr2_jax.models import hf_io, sharding
@@ -74,10 +65,32 @@ def load_agent(config: ml_collections.ConfigDict, workdir: str | None = None, st
     return Agent(engine, params, cached, model, world)
 
 
+def _restore_params(config: ml_collections.ConfigDict, parts: components.Components, workdir: str,
+                    step: int | None):
+    """(step, params on this process's rollout mesh) of checkpoint `step` (default: the latest) in `workdir`,
+    restored onto a state laid out as the trainer lays it out."""
+    from searchr2_jax import checkpoint as ckpt_lib
+    from searchr2_jax.models import sharding
+    from searchr2_jax.rl import state as state_lib
+
+    optimizer = state_lib.make_optimizer(config.optim, max(config.train.steps, 1))
+    state = state_lib.init_state(parts.params, optimizer, jax.random.key(0), config.rl.loss.kl_coef > 0)
+    state = sharding.put_global(state, sharding.tree_shardings(state, parts.mesh))
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    try:
+        got = ckpt.latest_step() if step is None else step
+        if got is None:
+            raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
+        state, _ = ckpt.restore(state, got)
+    finally:
+        ckpt.close()
+    return got, sharding.to_local_mesh(state.params, parts.local_mesh)
+
+
 def eval_examples(config: ml_collections.ConfigDict, limit: int = 0, world=None) -> list[qa_lib.QAExample]:
     """Every question of each `data.eval_files` file (the first `limit` of each when > 0), or of the synthetic
     world's `data.eval_split`."""
-    files = _files(config.data.eval_files)
+    files = data_files(config.data.eval_files)
     if files:
         return [ex for f in files for ex in (qa_lib.read_qa_file(f)[:limit] if limit else qa_lib.read_qa_file(f))]
     if world is None:
@@ -92,7 +105,7 @@ def few_shot_examples(config: ml_collections.ConfigDict, n: int) -> tuple[tuple[
     how the file happens to be sorted."""
     if n <= 0:
         return ()
-    files = _files(config.data.train_files)
+    files = data_files(config.data.train_files)
     if not files:
         raise ValueError(f"{n} shots: data.train_files is empty (few-shot examples come from the training split)")
     train = [ex for f in files for ex in qa_lib.read_qa_file(f)]
@@ -112,5 +125,5 @@ def settings(config: ml_collections.ConfigDict, agent: Agent, style: str, limit:
         "k": int(ro.topk), "max_turns": int(ro.max_turns), "max_prompt_tokens": int(ro.max_prompt_tokens),
         "max_response_tokens": int(ro.max_response_tokens), "max_obs_tokens": int(ro.max_obs_tokens),
         "baseline_new_tokens": eval_lib.FLASHRAG_NEW_TOKENS if style == "flashrag" else int(ro.max_response_tokens),
-        "decoding": "greedy", "prompt_style": style, "shots": int(shots), "eval_files": _files(config.data.eval_files),
+        "decoding": "greedy", "prompt_style": style, "shots": int(shots), "eval_files": data_files(config.data.eval_files),
         "limit_per_file": limit, "refiner": "off (Actor only)"}

@@ -4,7 +4,7 @@ A record is `{"id": "0", "contents": "\\"Title\\"\\ntext"}`: the first line of `
 Search-R1's corpora), the rest is the text. Three stores share one interface (`len`, `record(i)`, `batches`):
 
 - `JsonlCorpus`: the file is memory-mapped; a one-time scan records the byte offset of every non-blank line
-  (numpy over the mapping, ~1 GB/s) and caches it beside the file as `<file>.offsets.npy`. A lookup parses one line.
+  (numpy over the mapping) and caches it beside the file as `<file>.offsets.npy`. A lookup parses one line.
 - `ParquetCorpus`: columns `contents` (and optional `id`), read one row group at a time through a small LRU cache.
 - `MemoryCorpus`: a list of dicts (synthetic corpora, tests).
 

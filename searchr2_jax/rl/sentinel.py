@@ -23,6 +23,8 @@ import statistics
 from collections import deque
 
 import ml_collections
+import numpy as np
+
 from searchr2_jax.config import default_sentinel_config
 
 CHECKS = ("reward", "entropy", "searches", "length_low", "length_high", "skipped", "repetition")
@@ -82,6 +84,15 @@ def repetition_share(texts, cfg: ml_collections.ConfigDict | None = None) -> flo
     bad = sum(is_degenerate(t, cfg.repetition_ngram, cfg.repetition_distinct, cfg.repetition_min_chars)
               for t in texts)
     return bad / len(texts)
+
+
+def response_repetition_share(trajs, tokenizer, cfg: ml_collections.ConfigDict) -> float:
+    """`repetition_share` of the generated text (no retrieved passages) of the first `cfg.repetition_sample`
+    trajectories."""
+    from searchr2_jax.text.tokenizer import _decode
+
+    return repetition_share((_decode(tokenizer, t.response_ids[np.asarray(t.loss_mask) > 0])
+                             for t in trajs[:cfg.repetition_sample]), cfg)
 
 
 def rollback_target(checkpoint_steps, onset_step: int, first_rl_step: int) -> int | None:

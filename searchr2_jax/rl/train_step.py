@@ -77,6 +77,13 @@ def token_values(cfg: DecoderConfig, params, hidden):
     return jnp.pad(decoder.values(cfg, params, hidden[:, :-1]), ((0, 0), (1, 0)))
 
 
+def jit_values(cfg: DecoderConfig):
+    """The critic's values of a batch, `token_values` after a forward pass: jitted (params, tokens, valid) -> [B, T]
+    (PPO's GAE reads them under the sampling policy's parameters)."""
+    return jax.jit(lambda params, tokens, valid: token_values(
+        cfg, params, decoder.forward_hidden(cfg, params, tokens, mask=valid)[0]))
+
+
 def _split(x, n):
     """[N, ...] -> [n, N / n, ...], micro-batch j holding rows j, j + n, j + 2n, ... Strided, not contiguous: with
     the rows split over the mesh's batch axes, every device's own rows then fall evenly into every micro-batch, so

@@ -3,9 +3,9 @@ with both retrievers the project ships (BM25, and dense all-MiniLM-L6-v2 + faiss
 
 import pytest
 
+from searchr2_jax.config import default_retrieval_config
 from searchr2_jax.data import synthetic
 from searchr2_jax.retrieval.retriever import build_retriever
-from searchr2_jax.config import default_retrieval_config
 
 
 @pytest.fixture(scope="module")

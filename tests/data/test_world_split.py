@@ -4,10 +4,10 @@ import re
 
 import pytest
 
+from searchr2_jax.config import default_retrieval_config
 from searchr2_jax.data.demos import DemoWriter
 from searchr2_jax.data.synthetic import SPLITS, WorldConfig, generate_world
 from searchr2_jax.retrieval.retriever import build_retriever
-from searchr2_jax.config import default_retrieval_config
 
 _WORD = re.compile(r"[A-Z][a-z]+")
 

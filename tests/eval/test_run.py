@@ -6,15 +6,14 @@ import os
 import jax
 import pytest
 
+from searchr2_jax.config import default_retrieval_config, default_rollout_config
 from searchr2_jax.data.qa import QAExample
 from searchr2_jax.eval import evaluate as eval_lib
 from searchr2_jax.eval import run as run_lib
 from searchr2_jax.eval import table as table_lib
 from searchr2_jax.retrieval.cache import CachedRetriever, describe
 from searchr2_jax.retrieval.retriever import build_retriever
-from searchr2_jax.config import default_retrieval_config
 from searchr2_jax.rollout import rollout as rollout_lib
-from searchr2_jax.config import default_rollout_config
 
 from ..rollout import scripted
 

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from searchr2_jax.config import default_retrieval_config
 from searchr2_jax.retrieval.errors import RetrievalError
 from searchr2_jax.retrieval.http import HttpRetriever, serve_in_thread
 from searchr2_jax.retrieval.retriever import build_retriever
-from searchr2_jax.config import default_retrieval_config
 
 FAST = dict(timeout_s=0.2, retries=2, backoff_s=0.05, max_backoff_s=0.1)  # 3 attempts, ~0.15 s of back-off
 

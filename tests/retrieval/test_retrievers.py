@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from searchr2_jax.retrieval.retriever import build_retriever
 from searchr2_jax.config import default_retrieval_config
+from searchr2_jax.retrieval.retriever import build_retriever
 from searchr2_jax.retrieval.types import Passage, format_passages
 
 BACKENDS = ["bm25_retriever", "dense_retriever"]

@@ -5,10 +5,10 @@ import numpy as np
 import optax
 import pytest
 
+from searchr2_jax.config import default_loss_config
 from searchr2_jax.models import decoder
 from searchr2_jax.rl import packing
 from searchr2_jax.rl import state as state_lib
-from searchr2_jax.config import default_loss_config
 from searchr2_jax.rl.train_step import make_train_step
 from searchr2_jax.rollout import types as T
 

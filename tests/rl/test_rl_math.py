@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from searchr2_jax.config import default_loss_config
 from searchr2_jax.retrieval.types import Passage
 from searchr2_jax.rl import advantages, judges, losses, rewards
 from searchr2_jax.rl.logprobs import entropy_from_logits, token_logprobs
-from searchr2_jax.config import default_loss_config
 
 
 def test_grpo_non_contiguous_groups_and_constant_groups():

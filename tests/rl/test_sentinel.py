@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from searchr2_jax.rl import sentinel as S
 from searchr2_jax.config import default_sentinel_config
+from searchr2_jax.rl import sentinel as S
 
 PROSE = ["<search> capital of the river empire </search> the answer is the old harbor city by the canal",
          "I need the composer of the symphony. <search> symphony composer ancient city </search> <answer> Vela"]

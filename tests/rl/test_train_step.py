@@ -6,13 +6,12 @@ import numpy as np
 import optax
 import pytest
 
+from searchr2_jax.config import default_loss_config, default_optim_config
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
 from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.losses import LOSS_AGGS
-from searchr2_jax.config import default_loss_config
 from searchr2_jax.rl.train_step import MetaRows, StepBatch, make_sft_step, make_train_step, sequence_logprobs
-from searchr2_jax.config import default_optim_config
 
 CFG = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                     intermediate_size=64, rope_theta=10000.0, tie_word_embeddings=True)
