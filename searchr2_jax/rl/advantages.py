@@ -108,12 +108,6 @@ def gae_advantages(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma
     return adv, jnp.where(live, adv + values.astype(jnp.float32), 0.0)
 
 
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of x over mask > 0 entries (0 when there are none)."""
-    m = (mask > 0).astype(jnp.float32)
-    return jnp.sum(jnp.where(m > 0, x, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
-
-
 def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True, eps: float = 1e-8) -> jax.Array:
     """(x - mean) / sqrt(var + eps) over mask > 0 entries of the whole array, 0 elsewhere.
 

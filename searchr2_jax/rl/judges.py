@@ -125,10 +125,6 @@ def render_plain(messages: list[dict]) -> str:
     return "\n\n".join(m["content"] for m in messages)
 
 
-def judge_prompt(question: str, golden_answers: Sequence[str], collections: Collections) -> str:
-    return render_plain(judge_messages(question, golden_answers, collections))
-
-
 _WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 # "Final Answer" with optional markdown/LaTeX dressing around the colon and the number: "**Final Answer:** 2",
 # "Final answer = 2", "Final Answer: \boxed{2}", "Final Answer: $2$", "final answer:\n\n two". A number followed by

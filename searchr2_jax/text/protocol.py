@@ -150,17 +150,6 @@ def render_information(passages: Sequence[Passage]) -> str:
     return "\n\n" + INFO_OPEN + format_passages(passages).strip() + INFO_CLOSE + "\n\n"
 
 
-def observation_for(turn: TurnParse, passages: Sequence[Passage] | None = None) -> str:
-    """The environment's reply to a parsed turn: information block, invalid-action message, or '' after an answer."""
-    if turn.status == "search":
-        if passages is None:
-            raise ValueError("a search turn needs its retrieved passages")
-        return render_information(passages)
-    if turn.status == "invalid":
-        return INVALID_ACTION_MESSAGE
-    return ""
-
-
 def truncate_at_stop(text: str) -> str:
     """Cut generated text right after its first stop string (what a rollout without on-device stops must do)."""
     found = _first_close(text)
@@ -294,12 +283,3 @@ def build_refiner_followup(max_steps: int, tokenizer=None, chat: bool = False) -
 def refiner_candidates(max_steps: int, chat: bool = False) -> list[str]:
     """Completion strings scored by the refiner, index j = "earliest flawed step is j" (0 = accept)."""
     return [("" if chat else " ") + str(j) for j in range(max_steps + 1)]
-
-
-def parse_refiner_output(text: str, max_steps: int) -> int | None:
-    """The integer a sampled refiner completion names, or None when it names none in 0..max_steps."""
-    m = re.match(r"\s*(\d+)", text or "")
-    if not m:
-        return None
-    j = int(m.group(1))
-    return j if 0 <= j <= max_steps else None

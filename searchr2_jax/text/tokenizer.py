@@ -124,22 +124,6 @@ def all_stop_sequences(
     return out
 
 
-def stop_id_array(sequences: Sequence[Sequence[int]], pad_id: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """Pack stop sequences for on-device matching: ids [S, L] right-aligned (left-padded with `pad_id`), lengths [S].
-
-    Right alignment lets the decode loop compare `last_L_generated[-len:]` with one static-shaped slice per row.
-    """
-    if not sequences:
-        raise ValueError("no stop sequences")
-    longest = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), longest), pad_id, dtype=np.int32)
-    for i, s in enumerate(sequences):
-        if not s:
-            raise ValueError(f"stop sequence {i} is empty")
-        ids[i, longest - len(s) :] = s
-    return ids, np.array([len(s) for s in sequences], dtype=np.int32)
-
-
 def tokenize_segments(tokenizer, segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of the concatenated segments and a loss mask (1 on ids from `generated` segments).
 

@@ -84,8 +84,7 @@ def test_judge_prompt_structure_table_11():
         "</collection_2>\n"
         "Provide your answer strictly in the format:\n"
         "Final Answer: number")
-    assert judges.judge_prompt("Who built X?", ["Zed", "Zed Corp"], colls) == system["content"] + "\n\n" + \
-        user["content"]
+    assert judges.render_plain([system, user]) == system["content"] + "\n\n" + user["content"]
 
 
 @pytest.mark.parametrize("reply,n", [

@@ -97,16 +97,11 @@ def test_extract_thought_reads_the_think_blocks_of_a_turn():
     assert P.extract_thought("<search> X </search>") is None and P.extract_thought(None) is None
 
 
-def test_render_information_and_observations():
+def test_render_information_and_invalid_action_message():
     ps = [Passage("1", "Paris", "Paris is the capital of France."), Passage("2", "Lyon", "Lyon is a city.")]
     info = P.render_information(ps)
     assert info == ("\n\n<information>Doc 1(Title: Paris) Paris is the capital of France.\n"
                     "Doc 2(Title: Lyon) Lyon is a city.</information>\n\n")
-    assert P.observation_for(P.TurnParse("search", query="q"), ps) == info
-    assert P.observation_for(P.TurnParse("invalid")) == P.INVALID_ACTION_MESSAGE
-    assert P.observation_for(P.TurnParse("answer", answer="a")) == ""
-    with pytest.raises(ValueError):
-        P.observation_for(P.TurnParse("search", query="q"))
     assert P.INVALID_ACTION_MESSAGE.startswith("\nMy previous action is invalid.")
     assert P.INVALID_ACTION_MESSAGE.endswith("Let me try again.\n")
 
@@ -148,5 +143,3 @@ def test_refiner_prompt_table12_layout():
     assert P.refiner_candidates(3) == [" 0", " 1", " 2", " 3"] and P.refiner_candidates(1, chat=True) == ["0", "1"]
     with pytest.raises(ValueError):
         P.build_refiner_prompt("q", steps, max_steps=2)
-    assert P.parse_refiner_output(" 2\n", 3) == 2 and P.parse_refiner_output("7", 3) is None
-    assert P.parse_refiner_output("none", 3) is None

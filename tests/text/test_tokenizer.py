@@ -81,13 +81,6 @@ def test_stop_that_does_not_survive_decode_is_an_error():
         T.stop_id_sequences(Lowercasing(), "</SEARCH>")
 
 
-def test_stop_id_array_right_aligned():
-    ids, lens = T.stop_id_array([(5,), (1, 2, 3), (7, 8)])
-    assert ids.tolist() == [[-1, -1, 5], [1, 2, 3], [-1, 7, 8]] and lens.tolist() == [1, 3, 2]
-    with pytest.raises(ValueError):
-        T.stop_id_array([])
-
-
 def test_tokenize_segments_masks_only_generated(world_tokenizer_dir):
     tok = T.load_tokenizer(world_tokenizer_dir)
     segs = [P.Segment("prompt text ", False), P.Segment("<think> a </think>", True), P.Segment("\n\n<information>", False)]
