@@ -169,6 +169,7 @@ def _rows(html):
     return re.findall(r'<div class="row[^"]*" data-i="(\d+)" data-revised="(\d)" data-correct="(\d)"', html)
 
 
+@pytest.mark.slow
 def test_the_page_renders_without_script_errors_and_is_not_blank(chromium, tmp_path):
     from PIL import Image
 

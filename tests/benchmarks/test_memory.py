@@ -29,6 +29,7 @@ def _tiny():
     return config, model_cfg, sharding.make_mesh(config.mesh, jax.devices()[:8])
 
 
+@pytest.mark.slow
 def test_abstract_figures_equal_a_compile_from_real_arrays():
     """The suite's ShapeDtypeStructs (shapes, dtypes, shardings, the state's structure) give the same compiled
     program, and so the same memory figures, as the trainer's own arrays: a state made by init_state and placed by

@@ -13,6 +13,7 @@ def world():
     return synthetic.generate_world(synthetic.WorldConfig.tiny(num_questions=300))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bm25", "dense"])
 def test_scripted_hop_queries_retrieve_their_gold_passage(world, backend):
     cfg = default_retrieval_config()

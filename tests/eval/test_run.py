@@ -55,6 +55,7 @@ def setup(script=AGENT_SCRIPT, style="protocol", cache_dir=None):
     return run_lib.EvalSetup(engine, params, retriever, 2, False, style, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_each_method_answers_as_scripted_and_only_rag_and_agent_search():
     s = setup()
     exs = examples(4)
@@ -70,6 +71,7 @@ def test_each_method_answers_as_scripted_and_only_rag_and_agent_search():
     assert s.retriever.queries[4:] == ["alpha"] * 4  # the agent's own queries
 
 
+@pytest.mark.slow
 def test_flashrag_baselines_read_a_plain_reply_and_give_rag_the_passages(monkeypatch):
     s = setup(PLAIN_SCRIPT, style="flashrag")
     seen = []
@@ -117,6 +119,7 @@ def test_few_shot_examples_precede_the_question_in_the_flashrag_prompts_only(mon
         few_shot_examples(config, 4)
 
 
+@pytest.mark.slow
 def test_an_interrupted_evaluation_resumes_to_the_same_records(tmp_path, monkeypatch):
     s = setup()
     exs = examples(5)

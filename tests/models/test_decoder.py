@@ -81,6 +81,7 @@ def _tiny(**kw):
     return DecoderConfig.from_hf(HF_CONFIGS["llama_gqa_untied"], **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,per_layer", [("llama_gqa_untied", False)] + [(n, True) for n in HF_CONFIGS])
 def test_cached_decoding_equals_full_forward(name, per_layer):
     cfg = DecoderConfig.from_hf(HF_CONFIGS[name])

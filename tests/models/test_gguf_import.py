@@ -80,6 +80,7 @@ def test_chat_template_renders_im_start_turns(model):
     assert ids[:3] == [1, 9690, 198] and ids[-4:] == [1, 520, 9531, 198]  # <|im_start|> system \n ... assistant \n
 
 
+@pytest.mark.slow
 def test_greedy_smollm2_knows_the_capital_of_france(model):
     _, cfg, params, tok = model
     (reply,) = generate(cfg, params, tok, ["What is the capital of France?"], max_new_tokens=24)

@@ -130,6 +130,7 @@ def test_every_bias_and_norm_matches_a_named_rule_and_shards_like_its_weight(tmp
 # ------------------------------------------------------------------------------------------------ numerics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sharded_forward_and_cached_decode_match_unsharded(shape, reference):
     params, tokens, full = reference
@@ -204,6 +205,7 @@ def test_host_local_to_global_single_process():
 # ------------------------------------------------------------------------------------------------ two processes
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_single_process(tmp_path, reference):
     params, tokens, full = reference
     from ..processes import run_workers  # imported here: the worker script imports this module as a top level

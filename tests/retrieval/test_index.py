@@ -34,6 +34,7 @@ def _titles(corpus):
     return [corpus.passage(i).title for i in range(len(corpus))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
 def test_build_save_load_search_round_trip(tmp_path, corpus_path, encoder, factory):
     import faiss

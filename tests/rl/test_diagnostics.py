@@ -144,6 +144,7 @@ def test_make_regen_engine_fits_prompt_plus_response(machine):
     assert D.make_regen_engine(small, slots=8).config.slots == 8 and big.config.slots == small.config.slots == 4
 
 
+@pytest.mark.slow
 def test_online_diagnostics_on_the_scripted_machine(machine):
     # The scripted refiner's prompt ends on a token the script follows with "2": k* = 2 for two-step drafts.
     eng, small, params = machine
@@ -195,6 +196,7 @@ def test_regenerations_whose_prompt_does_not_fit_are_left_out_and_counted(machin
     assert all(math.isnan(r.reward_cut) for r in records if not r.used)
 
 
+@pytest.mark.slow
 def test_uniform_cuts_come_from_the_key_and_stay_within_the_draft(machine):
     eng, small, params = machine
     refiner = small.refiner

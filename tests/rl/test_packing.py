@@ -27,6 +27,7 @@ def _critic_batch(seed=0):
                       old_values=noise())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
 def test_packed_rows_give_the_loss_metrics_and_gradient_of_one_trajectory_per_row(loss_agg):
     batch = _critic_batch()

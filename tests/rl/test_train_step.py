@@ -62,6 +62,7 @@ def _loss_cfg(kl=0.001):
     return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kl", [0.0, 0.001])
 def test_loss_and_update_do_not_depend_on_micro_batches(kl):
     batch = _batch()
@@ -77,6 +78,7 @@ def test_loss_and_update_do_not_depend_on_micro_batches(kl):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # Adam step ~ lr = 1e-3
 
 
+@pytest.mark.slow
 def test_meta_actions_contribute_only_when_masked_in():
     state, opt = _state()
     step = jax.jit(make_train_step(CFG, _loss_cfg(), opt))
@@ -88,6 +90,7 @@ def test_meta_actions_contribute_only_when_masked_in():
     assert float(with_meta["train/loss"]) != float(without["train/loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_micro,temperature", [(1, 1.0), (2, 1.0), (2, 0.7)])
 def test_on_policy_ratio_metrics_are_one_for_trajectory_and_meta_tokens(n_micro, temperature):
     """Old log-probs taken from the same params: every ratio is 1, so each ratio metric (a mean over its own
@@ -171,6 +174,7 @@ def test_loss_aggs_differ_on_the_test_batch():
     assert min(abs(a - b) for i, a in enumerate(values) for b in values[i + 1:]) > 1e-3
 
 
+@pytest.mark.slow
 def test_meta_weight_zero_gives_the_gradient_without_meta_rows():
     state, opt = _sgd_state()
     batch = _on_policy_batch(state.params)
@@ -191,6 +195,7 @@ def test_meta_weight_must_be_non_negative():
         make_train_step(CFG, cfg, optax.sgd(1.0))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_skips_the_update():
     state, opt = _state()
     before = jax.tree.map(np.asarray, state.params)
@@ -204,6 +209,7 @@ def test_non_finite_loss_skips_the_update():
     assert int(new.step) == 1
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device():
     batch = _batch()
     state, opt = _state()
@@ -246,6 +252,7 @@ def test_sft_step_learns_a_repeated_batch():
     assert nll[-1] < 0.6 * nll[0]  # random tokens: memorizing them takes a while; the drop is what matters
 
 
+@pytest.mark.slow
 def test_chunked_logprobs_entropy_and_train_step_equal_the_unchunked_ones():
     """Chunked LM-head blocks (a tail that does not divide included) give the log-probs, entropy, loss and gradients
     of one block over the whole sequence."""
@@ -276,6 +283,7 @@ def test_chunked_logprobs_entropy_and_train_step_equal_the_unchunked_ones():
     assert float(grads["one"][1]["train/entropy"]) > 0
 
 
+@pytest.mark.slow
 def test_recompute_old_takes_pi_old_from_the_step_itself():
     """recompute_old: the ratio is exactly 1 (pi_old = this program's log-probs), and the gap to the batch's
     sampler log-probs is logged; without it the batch's pi_old is used."""
@@ -368,6 +376,7 @@ def _packed_against_unpacked(mode: str, multi_token: bool):
     assert max(np.abs(a).max() for a in jax.tree.leaves(g_packed)) > 1e-3  # a real gradient was compared
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("multi_token", [False, True])
 def test_packed_meta_actions_give_the_loss_and_gradient_of_standalone_rows(multi_token):
     """Meta-actions packed into their trajectories' rows (a branch per decision, reading its shared prefix) train
