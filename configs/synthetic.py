@@ -1,6 +1,6 @@
 """The ablation rows of the paper's Table 3 on the synthetic world: a from-scratch model warm-started on the world's
 demonstrations (and refiner labels), then GRPO with the paper's RL settings (n=5, warm-up ratio 0.285, low-var KL
-0.001, 4 turns, top-3 retrieval, one revision). `variant` picks the row (configs/common.py VARIANTS):
+0.001, 4 turns, top-3 retrieval, one revision). `variant` picks the row (searchr2_jax/config.py VARIANTS):
 
   search_r1             refiner off, outcome reward only
   meta_refiner          refiner on in rollouts, meta-actions not trained, outcome reward only
