@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -40,6 +40,19 @@ class Components:
     params: Any  # the initial parameters (the HF folder's, or a fresh init), placed by the partition rules
     engine: RolloutEngine  # Actor + Meta-Refiner over the training retriever
     eval_engine: RolloutEngine  # the same over the evaluation retriever
+
+
+class RunKeys(NamedTuple):
+    data: jax.Array  # rollouts: fold_in(data, step) for steps < 2**32 - 1
+    init: jax.Array  # a from-scratch model's parameters
+    state: jax.Array  # the train state's own stream
+    eval: jax.Array  # evaluation: fold_in(eval, step); branches off `data` past the last step
+
+
+def run_keys(seed: int) -> RunKeys:
+    """The PRNG keys of a run with `seed` (the trainer's, and any evaluation that must draw as the trainer does)."""
+    data, init, state = jax.random.split(jax.random.key(seed), 3)
+    return RunKeys(data=data, init=init, state=state, eval=jax.random.fold_in(data, 2**32 - 1))
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, devices=None, rng: jax.Array | None = None) -> Components:

@@ -97,13 +97,11 @@ class Trainer:
         if jax.process_index() == 0:  # what produced this workdir's metrics (launch/plot.py labels runs by it)
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-        rng = jax.random.key(config.seed)
-        self.data_rng, init_rng, state_rng = jax.random.split(rng, 3)
-        # Rollout keys are fold_in(data_rng, step) for steps < 2**32 - 1; eval keys branch off the last one.
-        self.eval_rng = jax.random.fold_in(self.data_rng, 2**32 - 1)
+        keys = components.run_keys(config.seed)
+        self.data_rng, self.eval_rng = keys.data, keys.eval
 
         # --- data, retrieval, tokenizer, meshes, model, rollout engines (Actor + Meta-Refiner share the model)
-        parts = components.build(config, workdir, devices, rng=init_rng)
+        parts = components.build(config, workdir, devices, rng=keys.init)
         self.world, self.tokenizer, self.model_cfg = parts.world, parts.tokenizer, parts.model_cfg
         self.train_examples, self.eval_examples = parts.train_examples, parts.eval_examples
         self.retriever, self.mesh, self.local_mesh = parts.retriever, parts.mesh, parts.local_mesh
@@ -120,7 +118,7 @@ class Trainer:
         self.lr_scale, self.rollbacks = 1.0, 0  # RL learning-rate factor left by collapse rollbacks (checkpointed)
         self.sentinel = sentinel_lib.Sentinel(config.train.sentinel)
         use_ref = config.rl.loss.kl_coef > 0
-        state = state_lib.init_state(parts.params, self.rl_opt, state_rng, with_reference=use_ref)
+        state = state_lib.init_state(parts.params, self.rl_opt, keys.state, with_reference=use_ref)
         # Every parameter and optimizer leaf is placed by the partition rules; batches split over data x fsdp.
         self.state_shardings = sharding.tree_shardings(state, self.mesh)
         self.state = sharding.put_global(state, self.state_shardings)
