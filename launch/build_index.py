@@ -54,14 +54,15 @@ def main(argv):
     if cfg.backend != "dense":
         raise app.UsageError(f"--retrieval.backend must be dense or bm25 to build an index, got {cfg.backend!r}")
     from searchr2_jax.models.encoder import default_prefixes
-    from searchr2_jax.retrieval.index import build_index
+    from searchr2_jax.retrieval.index import BuildOptions, build_index
     from searchr2_jax.retrieval.retriever import load_encoder_from_config
 
     encoder = load_encoder_from_config(cfg)
     pp = cfg.encoder.passage_prefix
+    options = BuildOptions(batch_size=cfg.encoder.batch_size, progress=_PROGRESS.value, overwrite=_OVERWRITE.value,
+                           stop_after=_STOP_AFTER.value)
     meta = build_index(corpus, encoder, _OUT.value, cfg.faiss.factory,
-                       default_prefixes(encoder.name)[1] if pp is None else pp, batch_size=cfg.encoder.batch_size,
-                       progress=_PROGRESS.value, overwrite=_OVERWRITE.value, stop_after=_STOP_AFTER.value)
+                       default_prefixes(encoder.name)[1] if pp is None else pp, options)
     print(json.dumps({k: meta[k] for k in ("rows_done", "complete") if k in meta} |
                      {k: meta.get(k) for k in ("factory", "encode_s", "faiss_build_s") if k in meta}))
 

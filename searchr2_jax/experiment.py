@@ -15,6 +15,7 @@ The warm start is cached by a hash of the settings it depends on (world, model, 
 retrieval), so arms differ only in what RL does; `experiment.warm_start` names a folder built earlier instead (the
 README's main job ships one), used only when its hash matches. Each arm's gain over the warm start comes with a
 paired interval (the same questions resampled together). Figures on test are never used to choose anything.
+The figures, table and curves are computed in `experiment_report.py`.
 """
 
 from __future__ import annotations
@@ -24,32 +25,15 @@ import hashlib
 import json
 import os
 import time
-from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from searchr2_jax.eval.stats import bootstrap_ci, paired_gain  # noqa: F401 (re-exported for callers)
-from searchr2_jax.config import VARIANTS, ConfigError, apply_variant
+from searchr2_jax.config import VARIANTS, ConfigError, apply_variant, validate_config
 
 RL_ARMS = (*VARIANTS, "ppo")  # the paper's Table 3 rows, rejection sampling, and PPO (search_r1 with a critic)
-HOPS = (1, 2, 3)
-CURVES = (  # (metrics.jsonl key, axis label); response length is computed from two keys
-    ("eval/em", "dev EM (greedy)"), ("reward/mean", "reward"), ("rollout/searches_per_trajectory", "searches"),
-    ("rollout/revision_rate", "revision rate"), ("response_tokens", "generated tokens"), ("train/kl", "KL to ref"))
-DEVIATIONS = (
-    "The warm start is supervised on scripted demonstrations, and on refiner labels (the first flawed step of "
-    "scripted flawed demonstrations, 0 for sound ones); the paper starts RL from the backbone with no refiner "
-    "supervision. Its first steps are copy drills, and every demonstration's names are respelled as fresh ones "
-    "(sft.copy_steps, sft.fresh_names): a from-scratch model has to learn to copy what a pretrained one can. "
-    "Every arm shares this warm start, so the refiner labels reach the search_r1 arm's weights too, where they "
-    "are never used.",
-    "A 2-layer from-scratch model on a synthetic world, not Qwen2.5 on Wikipedia: the figures test the training "
-    "loop, not the paper's numbers.",
-)
-
 
 # ------------------------------------------------------------------------------------------------ configs
 
@@ -89,48 +73,6 @@ def _eval_config(config: ml_collections.ConfigDict, warm_dir: str) -> ml_collect
     return c
 
 
-# ------------------------------------------------------------------------------------------------ statistics
-
-
-def arm_figures(name: str, runs: Sequence[Sequence[dict]], n_boot: int, extra: dict | None = None) -> dict:
-    """`name_em`, its per-seed list, interval, EM by hop and the other means, from per-seed test records."""
-    em = np.asarray([[r["em"] for r in recs] for recs in runs], np.float64)
-    hops = np.asarray([r["hops"] for r in runs[0]])
-    out = {f"{name}_em": float(em.mean()), f"{name}_em_seeds": [float(x) for x in em.mean(axis=1)],
-           f"{name}_em_ci95": list(bootstrap_ci(em, n_boot)),
-           f"{name}_em_by_hops": {str(h): float(em[:, hops == h].mean()) for h in HOPS if (hops == h).any()}}
-    for key in ("f1", "searches", "response_tokens"):
-        out[f"{name}_{key}"] = float(np.mean([[r[key] for r in recs] for recs in runs]))
-    out[f"{name}_questions"] = int(em.shape[1])
-    out.update(extra or {})
-    return out
-
-
-def goals(s: dict) -> dict:
-    """The issue's goals on the summary's figures: each with its value, its target and whether it is met."""
-    out = {}
-
-    def goal(name, value, target, met):
-        out[name] = dict(value=round(float(value), 4), target=round(float(target), 4), met=bool(met))
-
-    if "search_r1_em" in s and "warm_start_em" in s:
-        goal("rl_works", s["search_r1_em"], s["warm_start_em"] + 0.10,
-             s["search_r1_em"] >= s["warm_start_em"] + 0.10)
-    for arm in RL_ARMS:  # the README's main job: the gain's paired interval lies above 0
-        if f"{arm}_gain_ci95" in s:
-            goal(f"{arm}_gain_beyond_interval", s[f"{arm}_gain_ci95"][0], 0.0, s[f"{arm}_gain_ci95"][0] > 0)
-    if "search_r1_em" in s and "direct_em" in s:
-        goal("search_beats_direct_3x", s["search_r1_em"], 3 * s["direct_em"], s["search_r1_em"] >= 3 * s["direct_em"])
-    if "search_r1_em_by_hops" in s and "rag_em_by_hops" in s:
-        multi = lambda k: np.mean([s[k].get(h, 0.0) for h in ("2", "3")])  # noqa: E731
-        goal("search_beats_rag_multihop", multi("search_r1_em_by_hops"), multi("rag_em_by_hops"),
-             multi("search_r1_em_by_hops") > multi("rag_em_by_hops"))
-    if "search_r2_em" in s and "search_r1_em" in s:
-        goal("search_r2_vs_r1_1p10", s["search_r2_em"], 1.10 * s["search_r1_em"],
-             s["search_r2_em"] >= 1.10 * s["search_r1_em"])
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ units of work
 
 
@@ -146,12 +88,23 @@ def _read_json(path: str):
         return json.load(f)
 
 
-def _release(trainer) -> None:
+def _release(trainer=None) -> None:
     """Ends a unit: closes its trainer's checkpointer and metric writer (a second close is harmless) and drops the
     compiled programs, so the next unit of the same process starts without the last one's."""
-    trainer.ckpt.close()
-    trainer.writer.close()
+    if trainer is not None:
+        trainer.ckpt.close()
+        trainer.writer.close()
     jax.clear_caches()
+
+
+def _warm_start_parts(config: ml_collections.ConfigDict, warm_dir: str, workdir: str):
+    """(components, evaluation key) of the warm start as an evaluated agent: what a Trainer of `_eval_config` would
+    build and draw, without its optimizer or train steps."""
+    from searchr2_jax import components
+
+    c = _eval_config(config, warm_dir)
+    validate_config(c)
+    return components.build(c, workdir), components.run_keys(c.seed).eval
 
 
 def shipped_warm_start(path: str, key: str) -> str:
@@ -205,19 +158,18 @@ def check_prompts_fit(config: ml_collections.ConfigDict, tokenizer, examples) ->
                           f"the experiment's questions has {longest} tokens")
 
 
-def refiner_quality(trainer, params, examples, seed: int = 0, flawed_fraction: float = 0.5) -> dict:
+def refiner_quality(parts, config, params, examples, seed: int = 0, flawed_fraction: float = 0.5) -> dict:
     """The refiner against the world's known first flawed step, on scripted demonstrations of `examples` (half of
     them with one flaw): precision and recall of "revise", and how often a flagged flawed demo gets the exact step."""
     from searchr2_jax.data.demos import DemoWriter
     from searchr2_jax.rollout.refiner import decide
     from searchr2_jax.text.tokenizer import tokenize_segments
 
-    refiner = trainer.engine.refiner
-    writer = DemoWriter(trainer.world, k=trainer.config.rollout.topk, retriever=trainer.retriever)
-    demos = writer.demos(examples, seed=seed, flawed_fraction=flawed_fraction,
-                         max_steps=trainer.config.rollout.max_turns)
-    demos = [d for d in demos if len(d.steps) <= trainer.config.rollout.max_turns]
-    prompts = [list(tokenize_segments(trainer.tokenizer, d.refiner_segments(prompt=refiner.config.prompt)[:-1])[0])
+    refiner = parts.engine.refiner
+    writer = DemoWriter(parts.world, k=config.rollout.topk, retriever=parts.retriever)
+    demos = writer.demos(examples, seed=seed, flawed_fraction=flawed_fraction, max_steps=config.rollout.max_turns)
+    demos = [d for d in demos if len(d.steps) <= config.rollout.max_turns]
+    prompts = [list(tokenize_segments(parts.tokenizer, d.refiner_segments(prompt=refiner.config.prompt)[:-1])[0])
                for d in demos]
     steps = [len(d.steps) for d in demos]
     scores = refiner.score(params, prompts, steps, batch=8)
@@ -239,7 +191,6 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
     greedy failures with one, and `headroom_sampled_em_on_failures` how often a sample succeeds there. Failures the
     group also fails give no advantage; successes on questions greedy already answers only sharpen sampling."""
     from searchr2_jax.eval import evaluate as eval_lib
-    from searchr2_jax.trainer import Trainer
 
     if not config.experiment.get("headroom", True):
         return {}
@@ -247,17 +198,17 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
     if os.path.exists(path):
         return _read_json(path)
     t0 = time.time()
-    trainer = Trainer(_eval_config(config, warm_dir), os.path.join(out_dir, "headroom_eval"))
-    dev = trainer.eval_examples
-    params, n = trainer.state.params, config.rl.group_size
-    greedy = np.asarray([r["em"] for r in eval_lib.records(trainer.eval_engine, params, dev,
-                                                           jax.random.fold_in(trainer.eval_rng, 0))])
+    parts, eval_rng = _warm_start_parts(config, warm_dir, os.path.join(out_dir, "headroom_eval"))
+    dev = parts.eval_examples
+    params, n = parts.params, config.rl.group_size
+    greedy = np.asarray([r["em"] for r in eval_lib.records(parts.eval_engine, params, dev,
+                                                           jax.random.fold_in(eval_rng, 0))])
     sampled = []
     for i in range(0, len(dev), config.experiment.eval_batch_size):
         chunk = dev[i: i + config.experiment.eval_batch_size]
-        jobs = eval_lib.make_jobs(chunk, trainer.tokenizer, config.model.chat, n,
+        jobs = eval_lib.make_jobs(chunk, parts.tokenizer, config.model.chat, n,
                                   [j // n for j in range(n * len(chunk))])
-        run = trainer.eval_engine.run(params, jobs, jax.random.fold_in(trainer.eval_rng, 1 + i), use_refiner=False)
+        run = parts.eval_engine.run(params, jobs, jax.random.fold_in(eval_rng, 1 + i), use_refiner=False)
         sampled.append(eval_lib.score(run.trajectories)[0].reshape(len(chunk), n))
     sampled = np.concatenate(sampled)
     fail = greedy < 1
@@ -268,7 +219,7 @@ def rl_headroom(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str) 
            "headroom_sampled_em_on_failures": float(sampled[fail].mean()) if fail.any() else 0.0,
            "headroom_sampled_em_on_successes": float(sampled[~fail].mean()) if (~fail).any() else 0.0,
            "headroom_wall_s": time.time() - t0}
-    _release(trainer)
+    _release()
     _write_json(path, out)
     return out
 
@@ -277,40 +228,40 @@ def run_baselines(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str
     """The warm start as an agent, and the baselines, on the test questions; with the refiner's quality on dev."""
     from searchr2_jax.eval import evaluate as eval_lib
     from searchr2_jax.rollout.rollout import RolloutEngine
-    from searchr2_jax.trainer import Trainer
 
     path = os.path.join(out_dir, "baselines.json")
     if os.path.exists(path):
         return _read_json(path)
     e = config.experiment
-    trainer = Trainer(_eval_config(config, warm_dir), os.path.join(out_dir, "warm_start_eval"))
-    test = trainer.world.splits[e.test_split][: e.test_examples]
-    check_prompts_fit(config, trainer.tokenizer, [*test, *trainer.train_examples])
-    params = trainer.state.params
-    rng = jax.random.fold_in(trainer.eval_rng, 0)
+    parts, eval_rng = _warm_start_parts(config, warm_dir, os.path.join(out_dir, "warm_start_eval"))
+    test = parts.world.splits[e.test_split][: e.test_examples]
+    check_prompts_fit(config, parts.tokenizer, [*test, *parts.train_examples])
+    params = parts.params
+    rng = jax.random.fold_in(eval_rng, 0)
     out = {"records": {}, "wall_s": {}}
     t0 = time.time()
-    out["records"]["warm_start"] = eval_lib.records(trainer.eval_engine, params, test, rng, config.model.chat,
+    out["records"]["warm_start"] = eval_lib.records(parts.eval_engine, params, test, rng, config.model.chat,
                                                     e.eval_batch_size)
     out["wall_s"]["warm_start"] = time.time() - t0
     # One answer turn after a forced prefix (up to one information block): the prompt budget grows by it.
     ro = copy.deepcopy(config.rollout)
     ro.max_turns = 1
     ro.max_prompt_tokens = config.rollout.max_prompt_tokens + config.rollout.max_obs_tokens + 64
-    engine = RolloutEngine(trainer.model_cfg, trainer.tokenizer, trainer.retriever, ro, None)
+    engine = RolloutEngine(parts.model_cfg, parts.tokenizer, parts.retriever, ro, None)
     for method in e.baselines:
         t0 = time.time()
         if method == "majority":
-            out["records"][method] = eval_lib.majority_records(trainer.world.splits[config.data.train_split], test)
+            out["records"][method] = eval_lib.majority_records(parts.world.splits[config.data.train_split], test)
         else:
-            out["records"][method] = eval_lib.baseline_records(engine, params, test, method, rng, trainer.retriever,
-                                                               config.rollout.topk, config.model.chat,
+            options = eval_lib.BaselineOptions(retriever=parts.retriever, k=config.rollout.topk,
+                                               chat=config.model.chat)
+            out["records"][method] = eval_lib.baseline_records(engine, params, test, method, rng, options,
                                                                e.eval_batch_size)
         out["wall_s"][method] = time.time() - t0
     if any(arm_config(config, arm, config.seed, warm_dir).refiner.enabled for arm in e.arms):
-        dev = trainer.world.splits[config.data.eval_split][: max(config.data.eval_examples, 64)]
-        out["refiner_quality"] = refiner_quality(trainer, params, dev)
-    _release(trainer)
+        dev = parts.world.splits[config.data.eval_split][: max(config.data.eval_examples, 64)]
+        out["refiner_quality"] = refiner_quality(parts, config, params, dev)
+    _release()
     _write_json(path, out)
     return out
 
@@ -343,60 +294,14 @@ def run_arm(config: ml_collections.ConfigDict, out_dir: str, warm_dir: str, arm:
     return result
 
 
-# ------------------------------------------------------------------------------------------------ report
-
-
-def plot_curves(out_dir: str, arms: Sequence[str], seeds: Sequence[int], path: str,
-                warm_dev_em: float | None = None) -> None:
-    """One panel per CURVES entry: a line per arm (mean over seeds) with a band from the seeds' min to max. An arm
-    runs with sft.steps = 0, so its step is the RL step; `warm_dev_em` (the warm start's greedy EM on the same dev
-    questions) is the dev-EM curve's step 0."""
-    from searchr2_jax.jsonl import read_jsonl
-    from searchr2_jax.plots import plot_groups
-
-    start = [] if warm_dev_em is None else [{"step": 0, "eval/em": warm_dev_em}]
-    groups = {}
-    for arm in arms:
-        files = [os.path.join(out_dir, "arms", arm, f"seed{s}", "metrics.jsonl") for s in seeds]
-        groups[arm] = [start + read_jsonl(f) for f in files if os.path.exists(f)]
-    plot_groups(groups, CURVES, path, title=f"learning curves: mean over seeds {list(seeds)}, band = min..max",
-                xlabel="RL step")
-
-
-def format_table(s: dict, names: Sequence[str]) -> str:
-    lines = ["| method | EM (95% CI) | 1-hop | 2-hop | 3-hop | F1 | searches | tokens | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for n in names:
-        if f"{n}_em" not in s:
-            continue
-        lo, hi = s[f"{n}_em_ci95"]
-        hop = [s[f"{n}_em_by_hops"].get(str(h)) for h in HOPS]
-        seeds = s[f"{n}_em_seeds"]
-        lines.append(f"| {n} | {s[f'{n}_em']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                     + " | ".join("-" if v is None else f"{v:.3f}" for v in hop)
-                     + f" | {s[f'{n}_f1']:.3f} | {s[f'{n}_searches']:.2f} | {s[f'{n}_response_tokens']:.0f} | "
-                     + (", ".join(f"{x:.3f}" for x in seeds) if len(seeds) > 1 else "-") + " |")
-    return "\n".join(lines)
-
-
-def settings(config: ml_collections.ConfigDict, warm_dir: str) -> dict:
-    c = config
-    return dict(world=dict(c.data.world), test_split=c.experiment.test_split,
-                test_examples=c.experiment.test_examples, warm_start=os.path.basename(warm_dir),
-                model=dict(c.model.init), vocab_size=c.model.vocab_size, sft=c.sft.to_dict(),
-                retrieval=dict(backend=c.retrieval.backend, k=c.rollout.topk,
-                               train_corpus="the training region's passages", eval_corpus="the whole world"),
-                rollout={k: c.rollout[k] for k in ("max_turns", "max_prompt_tokens", "max_response_tokens",
-                                                   "max_obs_tokens", "temperature")},
-                refiner=c.refiner.to_dict(), rl=c.rl.to_dict(), optim=c.optim.to_dict(),
-                train={k: c.train[k] for k in ("steps", "prompts_per_step", "micro_batches", "eval_every")},
-                reward_judge=c.reward.judge, decoding="greedy, Actor only (refiner off) for every figure on test",
-                arms=list(c.experiment.arms), seeds=list(c.experiment.seeds))
+# ------------------------------------------------------------------------------------------------ experiment
 
 
 def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
     """Runs (or continues) the whole experiment and writes summary.json, table.md and curves.png."""
     from tqdm import tqdm
+
+    from searchr2_jax import experiment_report as report
 
     e = config.experiment
     for arm in e.arms:
@@ -424,47 +329,11 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str) -> dict:
             bar.update(1)
     bar.close()
 
-    n_boot = e.bootstrap
-    s: dict = {}
-    for name, recs in base["records"].items():
-        s.update(arm_figures(name, [recs], n_boot, {f"{name}_wall_s": base["wall_s"][name]}))
-    s["warm_start_wall_s"] = warm_s + base["wall_s"]["warm_start"]
-    s["warm_start_sft_steps"] = int(config.sft.steps)
-    s.update(base.get("refiner_quality", {}))
-    s.update(headroom)
-    for arm, results in arms.items():
-        s.update(arm_figures(arm, [r["records"] for r in results], n_boot, {
-            f"{arm}_wall_s": float(np.mean([r["train_wall_s"] + r["eval_wall_s"] for r in results])),
-            f"{arm}_wall_s_seeds": [r["train_wall_s"] + r["eval_wall_s"] for r in results],
-            f"{arm}_rl_steps": results[0]["rl_steps"],
-            f"{arm}_devices": [r.get("device", "unrecorded") for r in results]}))
-        gain, lo, hi = paired_gain([[r["em"] for r in res["records"]] for res in results],
-                                   [r["em"] for r in base["records"]["warm_start"]], n_boot)
-        s[f"{arm}_gain"], s[f"{arm}_gain_ci95"] = gain, [lo, hi]
-        diag = {k: [r["final_metrics"][k] for r in results if k in r["final_metrics"]]
-                for k in results[0]["final_metrics"] if k.startswith("diag/")}
-        if diag:
-            s[f"{arm}_diagnostics"] = {k: float(np.mean(v)) for k, v in diag.items()}
-    s["goals"] = goals(s)
-    s["settings"] = settings(config, warm_dir)
-    s["deviations"] = list(DEVIATIONS)
-    # The units' own times, so that a run continued over several invocations still reports its whole cost.
-    s["wall_s"] = (warm_s + sum(base["wall_s"].values()) + headroom.get("headroom_wall_s", 0.0)
-                   + sum(r["train_wall_s"] + r["eval_wall_s"] for results in arms.values() for r in results))
+    s = report.summarize(config, warm_dir, warm_s, base, headroom, arms)
     s["wall_s_this_invocation"] = time.time() - t_start
-    names = ["majority", *[b for b in e.baselines if b != "majority"], "warm_start", *e.arms]
-    table = format_table(s, names)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(f"Held-out test questions: {s['warm_start_questions']} ({e.test_split} region of the world), greedy, "
-                f"Actor only; RL arms: mean over seeds {list(e.seeds)}, {config.train.steps} RL steps each.\n\n")
-        f.write(table + "\n\n")
-        for arm in e.arms:
-            lo, hi = s[f"{arm}_gain_ci95"]
-            f.write(f"- {arm} gain over the warm start: {s[f'{arm}_gain']:+.3f} (paired 95% CI {lo:+.3f} to "
-                    f"{hi:+.3f})\n")
-        for name, g in s["goals"].items():
-            f.write(f"- {name}: {g['value']:.3f} against {g['target']:.3f}: {'met' if g['met'] else 'NOT met'}\n")
-    plot_curves(out_dir, e.arms, e.seeds, os.path.join(out_dir, "curves.png"), headroom.get("headroom_greedy_em"))
+    table = report.write_table(os.path.join(out_dir, "table.md"), s, config)
+    report.plot_curves(out_dir, e.arms, e.seeds, os.path.join(out_dir, "curves.png"),
+                       headroom.get("headroom_greedy_em"))
     _write_json(os.path.join(out_dir, "summary.json"), s)
     logging.info("experiment done in %.0f s\n%s", s["wall_s"], table)
     return s

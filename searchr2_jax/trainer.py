@@ -30,6 +30,7 @@ from searchr2_jax.data.pipeline import QAPipeline
 from searchr2_jax.eval import evaluate as eval_lib
 from searchr2_jax.models import sharding
 from searchr2_jax.rl import batch as batch_lib
+from searchr2_jax.rl import diagnostics as diag_lib
 from searchr2_jax.rl import rewards, scoring
 from searchr2_jax.rl import sentinel as sentinel_lib
 from searchr2_jax.rl import state as state_lib
@@ -166,20 +167,16 @@ class Trainer:
         """The Meta-Refiner's Prop. 4.1 / 4.2 terms (`rl/diagnostics.py`) on `train.diagnostics_prompts` training
         prompts drawn for `step`: Actor-only drafts, the refiner's decisions, regenerations at its cut and at a
         uniform one. Logged as `diag/*`."""
-        from searchr2_jax.rl import diagnostics as diag_lib
-
         c = self.config
         if self._regen_engine is None:
             self._regen_engine = diag_lib.make_regen_engine(self.engine)
         rng = np.random.default_rng([c.seed, step, 0x4A1])
         n = min(c.train.diagnostics_prompts, len(self.train_examples))
         examples = [self.train_examples[i] for i in rng.choice(len(self.train_examples), size=n, replace=False)]
-        jobs = eval_lib.make_jobs(examples, self.tokenizer, c.model.chat)
-        reward_fn = diag_lib.hybrid_reward_fn(None if c.reward.judge == "none" else self.judge, c.reward.outcome_only)
-        out, _ = diag_lib.refiner_diagnostics(self.engine, self.engine.refiner, self.local_params(), jobs,
-                                              jax.random.fold_in(self.data_rng, 2**31 + step), reward_fn,
-                                              regen_engine=self._regen_engine)
-        return {f"diag/{k}": float(v) for k, v in out.items()}
+        return diag_lib.logged_diagnostics(
+            self.engine, self.local_params(), eval_lib.make_jobs(examples, self.tokenizer, c.model.chat),
+            jax.random.fold_in(self.data_rng, 2**31 + step), None if c.reward.judge == "none" else self.judge,
+            c.reward.outcome_only, self._regen_engine)
 
     # ------------------------------------------------------------------------------------------ loop
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from searchr2_jax import experiment as X
+from searchr2_jax import experiment_report
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -35,7 +36,7 @@ def test_a_shipped_warm_start_must_match_the_settings(tmp_path):
 def test_goals_are_computed_from_the_figures():
     s = {"warm_start_em": 0.2, "search_r1_em": 0.35, "search_r2_em": 0.36, "direct_em": 0.1,
          "search_r1_em_by_hops": {"1": 0.6, "2": 0.3, "3": 0.2}, "rag_em_by_hops": {"1": 0.5, "2": 0.1, "3": 0.0}}
-    g = X.goals(s)
+    g = experiment_report.goals(s)
     assert g["rl_works"]["met"] and g["search_beats_direct_3x"]["met"] and g["search_beats_rag_multihop"]["met"]
     assert not g["search_r2_vs_r1_1p10"]["met"] and g["search_r2_vs_r1_1p10"]["target"] == pytest.approx(0.385)
 

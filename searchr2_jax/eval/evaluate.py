@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -91,10 +92,21 @@ def rag_reference(tokenizer, passages, max_tokens: int) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class BaselineOptions:
+    """How `baseline_records` prompts: the rag baseline's retriever and its top `k` passages, the chat template or
+    not, the prompt style (one of PROMPT_STYLES) and the flashrag prompts' few-shot (question, answer) pairs."""
+
+    retriever: object = None
+    k: int = 3
+    chat: bool = False
+    style: str = "protocol"
+    shots: Sequence[tuple[str, str]] = ()
+
+
 def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample], method: str, rng: jax.Array,
-                     retriever=None, k: int = 3, chat: bool = False, batch_size: int = 64,
-                     style: str = "protocol", shots: Sequence[tuple[str, str]] = ()) -> list[dict]:
-    """The no-agent baselines, greedy, one answer turn, as `records` writes them.
+                     options: BaselineOptions = BaselineOptions(), batch_size: int = 64) -> list[dict]:
+    """The no-agent baselines, greedy, one answer turn, as `records` writes them (`options`: `BaselineOptions`).
 
     style="protocol": the response is forced to open with `<answer>` (direct), or with one search for the question
     itself, its top-k passages and then `<answer>` (rag): retrieve-then-read in the agent's own protocol. `engine`
@@ -106,6 +118,7 @@ def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample
     one). The reply gets `engine.config.max_obs_tokens` of passages and 32 new tokens. `shots`: (question, answer)
     pairs written before the question as `Question: …\nAnswer: …` lines (training examples: they show a small model
     the shape of an answer)."""
+    retriever, k, chat, style, shots = options.retriever, options.k, options.chat, options.style, options.shots
     if method not in BASELINES:
         raise ValueError(f"baseline {method!r}: expected one of {BASELINES}")
     if style not in PROMPT_STYLES:

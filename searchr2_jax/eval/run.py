@@ -38,8 +38,10 @@ def run_chunk(setup: EvalSetup, method: str, examples: Sequence[QAExample], rng:
     """Per-question records of one method (eval/evaluate.py's `records` format), greedy."""
     if method == "agent":
         return eval_lib.records(setup.engine, setup.params, examples, rng, setup.chat, batch_size=len(examples))
-    return eval_lib.baseline_records(setup.engine, setup.params, examples, method, rng, setup.retriever, setup.k,
-                                     setup.chat, batch_size=len(examples), style=setup.style, shots=setup.shots)
+    options = eval_lib.BaselineOptions(retriever=setup.retriever, k=setup.k, chat=setup.chat, style=setup.style,
+                                       shots=setup.shots)
+    return eval_lib.baseline_records(setup.engine, setup.params, examples, method, rng, options,
+                                     batch_size=len(examples))
 
 
 def _done_chunks(path: str) -> dict[int, list[dict]]:

@@ -10,7 +10,7 @@ An empty query returns [] for its row; an over-long one is truncated at the enco
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -18,6 +18,14 @@ from searchr2_jax.models.encoder import TextEncoder, default_prefixes
 from searchr2_jax.retrieval.corpus import Corpus, open_corpus
 from searchr2_jax.retrieval.index import load_index, make_faiss, set_search_params
 from searchr2_jax.retrieval.types import Passage, live_queries
+
+
+class Prefixes(NamedTuple):
+    """The text written before each query and each passage when they are encoded; None = the encoder's own
+    (`default_prefixes`: E5's `query: `/`passage: `, bge's query instruction, none for MiniLM)."""
+
+    query: str | None = None
+    passage: str | None = None
 
 
 class DenseRetriever:
@@ -32,15 +40,15 @@ class DenseRetriever:
 
     @classmethod
     def from_corpus(cls, corpus, encoder: TextEncoder | None = None, factory: str = "Flat",
-                    query_prefix: str | None = None, passage_prefix: str | None = None, batch_size: int = 64,
-                    strip_title_quotes: bool = True, search_params: str = "") -> "DenseRetriever":
+                    prefixes: Prefixes = Prefixes(), batch_size: int = 64, strip_title_quotes: bool = True,
+                    search_params: str = "") -> "DenseRetriever":
         """Encodes `corpus` (list of {"id", "contents"} dicts, .jsonl/.parquet path or Corpus) and indexes it in
         memory. Prefixes default to the encoder's (E5: `query: `/`passage: `)."""
         corpus = open_corpus(corpus)
         encoder = encoder or TextEncoder.from_pretrained()
         dq, dp = default_prefixes(encoder.name)
-        query_prefix = dq if query_prefix is None else query_prefix
-        passage_prefix = dp if passage_prefix is None else passage_prefix
+        query_prefix = dq if prefixes.query is None else prefixes.query
+        passage_prefix = dp if prefixes.passage is None else prefixes.passage
         emb = np.zeros((len(corpus), encoder.dim), np.float32)
         for start, _, contents in corpus.batches(max(4096, batch_size)):
             emb[start:start + len(contents)] = encoder.encode(contents, prefix=passage_prefix, batch_size=batch_size)
@@ -50,15 +58,15 @@ class DenseRetriever:
                    meta={"factory": factory, "passage_prefix": passage_prefix})
 
     @classmethod
-    def load(cls, index_dir: str, corpus, encoder: TextEncoder, query_prefix: str | None = None,
-             passage_prefix: str | None = None, strip_title_quotes: bool = True, batch_size: int = 64,
-             search_params: str = "", mmap: bool = False) -> "DenseRetriever":
+    def load(cls, index_dir: str, corpus, encoder: TextEncoder, prefixes: Prefixes = Prefixes(),
+             strip_title_quotes: bool = True, batch_size: int = 64, search_params: str = "",
+             mmap: bool = False) -> "DenseRetriever":
         """A built index, refused (IndexMismatchError) if it was built with another encoder, prefix or corpus."""
         corpus = open_corpus(corpus)
         dq, dp = default_prefixes(encoder.name)
         index, meta = load_index(index_dir, encoder.fingerprint, corpus.fingerprint,
-                                 dp if passage_prefix is None else passage_prefix, search_params, mmap=mmap)
-        return cls(encoder, index, corpus, dq if query_prefix is None else query_prefix, strip_title_quotes,
+                                 dp if prefixes.passage is None else prefixes.passage, search_params, mmap=mmap)
+        return cls(encoder, index, corpus, dq if prefixes.query is None else prefixes.query, strip_title_quotes,
                    batch_size, meta)
 
     def __len__(self) -> int:

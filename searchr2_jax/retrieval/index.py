@@ -12,6 +12,7 @@ says which field differs. Inner product on L2-normalized vectors is cosine, as i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -93,19 +94,29 @@ def set_search_params(index, factory: str, params: str = "") -> None:
         ps.set_index_parameters(index, params)
 
 
-def build_index(corpus: Corpus, encoder, out_dir: str, factory: str = "Flat", passage_prefix: str = "",
-                batch_size: int = 256, checkpoint_rows: int = 16384, progress: bool = True, overwrite: bool = False,
-                train_size: int = 100_000, stop_after: int | None = None) -> dict:
-    """Encodes `corpus` into `out_dir` and builds the faiss index; resumes an interrupted build of the same job.
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """How `build_index` runs (none of these changes the index it builds)."""
 
-    `stop_after` (rows) ends the encoding early as an interruption would (for tests and staged builds)."""
+    batch_size: int = 256  # passages per encoder call
+    checkpoint_rows: int = 16384  # rows encoded between two progress.json writes
+    progress: bool = True  # a progress bar
+    overwrite: bool = False  # start over instead of resuming a partial build
+    train_size: int = 100_000  # vectors that train a faiss index that needs training (IVF, PQ)
+    stop_after: int | None = None  # end the encoding after this many rows, as an interruption would (tests, staging)
+
+
+def build_index(corpus: Corpus, encoder, out_dir: str, factory: str = "Flat", passage_prefix: str = "",
+                options: BuildOptions = BuildOptions()) -> dict:
+    """Encodes `corpus` into `out_dir` and builds the faiss index; resumes an interrupted build of the same job."""
+    o = options
     os.makedirs(out_dir, exist_ok=True)
     n, dim = len(corpus), encoder.dim
     job = {"encoder": encoder.fingerprint, "corpus": corpus.fingerprint, "passage_prefix": passage_prefix,
            "rows": n, "dim": dim}
     emb_path, prog_path = os.path.join(out_dir, EMBEDDINGS), os.path.join(out_dir, PROGRESS)
     done = 0
-    if os.path.isfile(prog_path) and os.path.isfile(emb_path) and not overwrite:
+    if os.path.isfile(prog_path) and os.path.isfile(emb_path) and not o.overwrite:
         prog = _read_json(prog_path)
         check_compatible(f"{out_dir} (a partial build; pass overwrite to start over)", prog.get("job", {}),
                          job["encoder"], job["corpus"], passage_prefix)
@@ -123,20 +134,20 @@ def build_index(corpus: Corpus, encoder, out_dir: str, factory: str = "Flat", pa
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=done, unit="passage", disable=not progress, desc=f"encode {encoder.name}",
+    bar = tqdm(total=n, initial=done, unit="passage", disable=not o.progress, desc=f"encode {encoder.name}",
                smoothing=0.05)
     t0, since_ckpt = time.time(), 0
-    end = n if stop_after is None else min(n, done + stop_after)
-    chunk = max(batch_size, min(checkpoint_rows, 8 * batch_size))
+    end = n if o.stop_after is None else min(n, done + o.stop_after)
+    chunk = max(o.batch_size, min(o.checkpoint_rows, 8 * o.batch_size))
     for start, _, contents in corpus.batches(chunk, start=done):
         if start >= end:
             break
         contents = contents[: end - start]
-        emb[start:start + len(contents)] = encoder.encode(contents, prefix=passage_prefix, batch_size=batch_size)
+        emb[start:start + len(contents)] = encoder.encode(contents, prefix=passage_prefix, batch_size=o.batch_size)
         done = start + len(contents)
         since_ckpt += len(contents)
         bar.update(len(contents))
-        if since_ckpt >= checkpoint_rows or done == end:
+        if since_ckpt >= o.checkpoint_rows or done == end:
             emb.flush()  # the rows must be on disk before progress.json claims them
             _write_json(prog_path, {"job": job, "rows_done": done})
             since_ckpt = 0
@@ -148,7 +159,7 @@ def build_index(corpus: Corpus, encoder, out_dir: str, factory: str = "Flat", pa
 
     t1 = time.time()
     emb = np.load(emb_path, mmap_mode="r")
-    index = make_faiss(emb, factory, train_size=train_size)
+    index = make_faiss(emb, factory, train_size=o.train_size)
     import faiss
 
     tmp = os.path.join(out_dir, INDEX + f".tmp{os.getpid()}")

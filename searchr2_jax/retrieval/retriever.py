@@ -70,12 +70,13 @@ def build_retriever(cfg: ml_collections.ConfigDict, corpus=None, encoder=None) -
         return BM25Retriever.from_corpus(corpus, b.k1, b.b, b.method, b.stopwords,
                                          strip_title_quotes=cfg.strip_title_quotes)
 
-    from searchr2_jax.retrieval.dense import DenseRetriever
+    from searchr2_jax.retrieval.dense import DenseRetriever, Prefixes
 
     encoder = encoder or load_encoder_from_config(cfg)
     e = cfg.encoder
+    prefixes = Prefixes(query=e.query_prefix, passage=e.passage_prefix)
     if cfg.index_dir:
-        return DenseRetriever.load(cfg.index_dir, corpus, encoder, e.query_prefix, e.passage_prefix,
-                                   cfg.strip_title_quotes, e.batch_size, cfg.faiss.search_params, cfg.faiss.mmap)
-    return DenseRetriever.from_corpus(corpus, encoder, cfg.faiss.factory, e.query_prefix, e.passage_prefix,
-                                      e.batch_size, cfg.strip_title_quotes, cfg.faiss.search_params)
+        return DenseRetriever.load(cfg.index_dir, corpus, encoder, prefixes, cfg.strip_title_quotes, e.batch_size,
+                                   cfg.faiss.search_params, cfg.faiss.mmap)
+    return DenseRetriever.from_corpus(corpus, encoder, cfg.faiss.factory, prefixes, e.batch_size,
+                                      cfg.strip_title_quotes, cfg.faiss.search_params)

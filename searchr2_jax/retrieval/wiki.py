@@ -120,7 +120,7 @@ def wiki_retriever(backend: str, cfg=None, cache_dir: str | None = None, encoder
     if backend == "dense":
         from searchr2_jax.models.encoder import default_prefixes
         from searchr2_jax.retrieval.corpus import open_corpus
-        from searchr2_jax.retrieval.index import build_index
+        from searchr2_jax.retrieval.index import BuildOptions, build_index
 
         encoder = encoder or load_encoder_from_config(cfg)
         index_dir = os.path.join(cache_dir, f"wiki_{encoder.name}_{cfg.faiss.factory.replace(',', '_')}")
@@ -128,6 +128,6 @@ def wiki_retriever(backend: str, cfg=None, cache_dir: str | None = None, encoder
             pp = cfg.encoder.passage_prefix
             build_index(open_corpus(corpus_path), encoder, index_dir, cfg.faiss.factory,
                         default_prefixes(encoder.name)[1] if pp is None else pp,
-                        batch_size=cfg.encoder.batch_size, progress=progress)
+                        BuildOptions(batch_size=cfg.encoder.batch_size, progress=progress))
         cfg.index_dir = index_dir
     return build_retriever(cfg, encoder=encoder), questions

@@ -198,9 +198,16 @@ def continued_input(draft: T.Trajectory, k: int, regen: T.Trajectory, max_turns:
                        [t.passages for t in turns if t.action == "search"], dict(job.metadata))
 
 
+class RefinerScoring(NamedTuple):
+    """How `refiner_diagnostics` has the refiner score the drafts."""
+
+    params: object = None  # the refiner's own parameters; None: it shares the Actor's
+    batch: int = 64  # prompts per scoring call
+
+
 def refiner_diagnostics(engine: RolloutEngine, refiner: MetaRefiner, params, jobs: Sequence[T.Job], rng: jax.Array,
-                        reward_fn: RewardFn, regen_engine: RolloutEngine | None = None, refiner_params=None,
-                        score_batch: int = 64) -> tuple[dict[str, float], list[DraftRecord]]:
+                        reward_fn: RewardFn, regen_engine: RolloutEngine | None = None,
+                        scoring: RefinerScoring = RefinerScoring()) -> tuple[dict[str, float], list[DraftRecord]]:
     """Estimates `decomposition` online for the current Actor and refiner. Returns (metrics, per-draft records).
 
     1. drafts: `engine.run(..., use_refiner=False)`, sampled as in training;
@@ -212,7 +219,7 @@ def refiner_diagnostics(engine: RolloutEngine, refiner: MetaRefiner, params, job
     `regen_engine`: its `max_prompt_tokens` must fit prompt + kept response; the caller builds it once, e.g.
     `make_regen_engine(engine)`. Without it `engine` regenerates, and drafts whose regeneration prompt does not fit
     are left out of the estimate (`skipped/regen_prompt_too_long`), which biases it towards early cuts.
-    `refiner_params`: the refiner's own parameters, if it does not share the Actor's.
+    `scoring`: the refiner's own parameters, if it does not share the Actor's, and its scoring batch.
     """
     draft_key, regen_key, cut_key = jax.random.split(rng, 3)
     drafts = engine.run(params, jobs, draft_key, use_refiner=False).trajectories
@@ -227,8 +234,8 @@ def refiner_diagnostics(engine: RolloutEngine, refiner: MetaRefiner, params, job
             judged.append(t)
     num_steps = [len(t.turns) for t in judged]
     prompts = [refiner.prompt_ids(t, turn_texts(engine.tokenizer, t.response_ids, t.turns)) for t in judged]
-    scores = refiner.score(params if refiner_params is None else refiner_params, prompts, num_steps,
-                           batch=score_batch)
+    scores = refiner.score(params if scoring.params is None else scoring.params, prompts, num_steps,
+                           batch=scoring.batch)
     margin = refiner.config.margin
     alpha = [int(decide(s, n, margin) == 0) for s, n in zip(scores, num_steps)]
     cut = [1 + int(np.argmax(s[1:n + 1])) for s, n in zip(scores, num_steps)]
@@ -259,3 +266,12 @@ def refiner_diagnostics(engine: RolloutEngine, refiner: MetaRefiner, params, job
     metrics["skipped/regen_prompt_too_long"] = 0
     metrics.update({k: int(v) for k, v in skipped.items()})
     return metrics, records
+
+
+def logged_diagnostics(engine: RolloutEngine, params, jobs: Sequence[T.Job], rng: jax.Array,
+                       judge: judges_lib.Judge | None, outcome_only: bool, regen_engine: RolloutEngine) -> dict:
+    """`refiner_diagnostics` of `engine`'s own refiner as the trainer logs it: `diag/*` floats, rewarded by the
+    hybrid reward with `judge` (None: no search counts as useful)."""
+    out, _ = refiner_diagnostics(engine, engine.refiner, params, jobs, rng, hybrid_reward_fn(judge, outcome_only),
+                                 regen_engine=regen_engine)
+    return {f"diag/{k}": float(v) for k, v in out.items()}

@@ -95,13 +95,14 @@ def test_few_shot_examples_precede_the_question_in_the_flashrag_prompts_only(mon
                         or real(cfg, params, tok, users, **kw))
     shots = (("which river is longest", "nile"), ("who wrote hamlet?", "shakespeare"))
     exs = examples(2)
-    recs = eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng, chat=False, style="flashrag",
-                                     shots=shots)
+    recs = eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng,
+                                     eval_lib.BaselineOptions(chat=False, style="flashrag", shots=shots))
     assert prompts[0] == (eval_lib.DIRECT_INSTRUCTION + "\n\nQuestion: which river is longest?\nAnswer: nile\n\nQuestion: who wrote hamlet?\n"
                           "Answer: shakespeare\n\nQuestion: which capital city is number 0?\nAnswer:")
     assert len(recs) == 2
     with pytest.raises(ValueError, match="flashrag"):
-        eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng, style="protocol", shots=shots)
+        eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng,
+                                  eval_lib.BaselineOptions(style="protocol", shots=shots))
     # The examples come from the config's training files, never from the evaluated split.
     from ml_collections import ConfigDict
 

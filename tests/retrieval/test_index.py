@@ -9,7 +9,7 @@ import pytest
 from searchr2_jax.retrieval.corpus import open_corpus
 from searchr2_jax.retrieval.dense import DenseRetriever
 from searchr2_jax.retrieval.errors import IndexMismatchError
-from searchr2_jax.retrieval.index import build_index, load_index
+from searchr2_jax.retrieval.index import BuildOptions, build_index, load_index
 
 
 class CountingEncoder:
@@ -41,7 +41,7 @@ def test_build_save_load_search_round_trip(tmp_path, corpus_path, encoder, facto
 
     corpus = open_corpus(corpus_path)
     out = str(tmp_path / f"idx_{factory}")
-    info = build_index(corpus, encoder, out, factory=factory, batch_size=8, progress=False)
+    info = build_index(corpus, encoder, out, factory=factory, options=BuildOptions(batch_size=8, progress=False))
     assert info["complete"] and info["rows_done"] == len(corpus) == 12
     for f in ("embeddings.npy", "progress.json", "index.faiss", "meta.json"):
         assert os.path.isfile(os.path.join(out, f)), f
@@ -76,7 +76,7 @@ def test_load_refuses_another_encoder(tmp_path, corpus_path, encoder):
 
     corpus = open_corpus(corpus_path)
     out = str(tmp_path / "idx")
-    build_index(corpus, encoder, out, progress=False)
+    build_index(corpus, encoder, out, options=BuildOptions(progress=False))
     other = TextEncoder.from_pretrained(max_length=64)  # same weights, another max length: other vectors
     with pytest.raises(IndexMismatchError, match=r"encoder\.max_length: index has 128, expected 64") as e:
         load_index(out, other.fingerprint, corpus.fingerprint)
@@ -95,7 +95,7 @@ def test_load_refuses_another_encoder(tmp_path, corpus_path, encoder):
 
 def test_load_refuses_a_changed_corpus(tmp_path, corpus_path, encoder):
     out = str(tmp_path / "idx")
-    build_index(open_corpus(corpus_path), encoder, out, progress=False)
+    build_index(open_corpus(corpus_path), encoder, out, options=BuildOptions(progress=False))
     with open(corpus_path, "a") as f:
         f.write(json.dumps({"id": "doc12", "contents": '"Moon"\nThe Moon orbits the Earth.'}) + "\n")
     changed = open_corpus(corpus_path)
@@ -110,7 +110,7 @@ def test_load_refuses_a_changed_corpus(tmp_path, corpus_path, encoder):
 
 def test_same_size_edit_of_the_corpus_is_refused(tmp_path, corpus_path, encoder):
     out = str(tmp_path / "idx")
-    build_index(open_corpus(corpus_path), encoder, out, progress=False)
+    build_index(open_corpus(corpus_path), encoder, out, options=BuildOptions(progress=False))
     text = open(corpus_path).read()
     with open(corpus_path, "w") as f:
         f.write(text.replace("Seine", "Loire"))  # same length, same row count, other contents
@@ -123,7 +123,7 @@ def test_missing_or_partial_index_is_reported(tmp_path, corpus_path, encoder):
     with pytest.raises(FileNotFoundError, match="no finished index"):
         load_index(str(tmp_path / "nothing"))
     out = str(tmp_path / "idx")
-    info = build_index(open_corpus(corpus_path), encoder, out, stop_after=5, progress=False)
+    info = build_index(open_corpus(corpus_path), encoder, out, options=BuildOptions(stop_after=5, progress=False))
     assert info == {"rows_done": 5, "complete": False}
     with pytest.raises(FileNotFoundError, match="a partial build is there"):
         load_index(out)
@@ -133,15 +133,16 @@ def test_stopped_build_resumes_without_reencoding(tmp_path, corpus_path, encoder
     corpus = open_corpus(corpus_path)
     out = str(tmp_path / "idx")
     first = CountingEncoder(encoder)
-    assert build_index(corpus, first, out, batch_size=4, stop_after=5, progress=False)["rows_done"] == 5
+    staged = BuildOptions(batch_size=4, stop_after=5, progress=False)
+    assert build_index(corpus, first, out, options=staged)["rows_done"] == 5
     assert first.rows == 5
     with open(os.path.join(out, "progress.json")) as f:
         assert json.load(f)["rows_done"] == 5
     second = CountingEncoder(encoder)
-    info = build_index(corpus, second, out, batch_size=4, progress=False)
+    info = build_index(corpus, second, out, options=BuildOptions(batch_size=4, progress=False))
     assert info["complete"] and second.rows == 7  # only the rows the first run did not do
     fresh = str(tmp_path / "fresh")
-    build_index(corpus, encoder, fresh, batch_size=4, progress=False)
+    build_index(corpus, encoder, fresh, options=BuildOptions(batch_size=4, progress=False))
     np.testing.assert_allclose(np.load(os.path.join(out, "embeddings.npy")),
                                np.load(os.path.join(fresh, "embeddings.npy")), atol=1e-5)
     r = DenseRetriever.load(out, corpus_path, encoder)
@@ -153,8 +154,9 @@ def test_crashed_build_resumes_from_the_last_checkpoint(tmp_path, corpus_path, e
     out = str(tmp_path / "idx")
     # chunks of 2 rows, a checkpoint after each; the 4th encode call (rows 6-7) dies like a killed process
     crashing = CountingEncoder(encoder, fail_on_call=4)
+    small_chunks = BuildOptions(batch_size=2, checkpoint_rows=2, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        build_index(corpus, crashing, out, batch_size=2, checkpoint_rows=2, progress=False)
+        build_index(corpus, crashing, out, options=small_chunks)
     assert crashing.rows == 6 and not os.path.exists(os.path.join(out, "meta.json"))
     with open(os.path.join(out, "progress.json")) as f:
         assert json.load(f)["rows_done"] == 6
@@ -162,13 +164,13 @@ def test_crashed_build_resumes_from_the_last_checkpoint(tmp_path, corpus_path, e
     from searchr2_jax.models.encoder import TextEncoder
 
     with pytest.raises(IndexMismatchError, match=r"partial build(.|\n)*encoder\.max_length"):
-        build_index(corpus, TextEncoder.from_pretrained(max_length=64), out, progress=False)
+        build_index(corpus, TextEncoder.from_pretrained(max_length=64), out, options=BuildOptions(progress=False))
     resumed = CountingEncoder(encoder)
-    assert build_index(corpus, resumed, out, batch_size=2, checkpoint_rows=2, progress=False)["complete"]
+    assert build_index(corpus, resumed, out, options=small_chunks)["complete"]
     assert resumed.rows == 6
     index, meta = load_index(out, encoder.fingerprint, corpus.fingerprint, "")
     assert index.ntotal == 12 and meta["rows"] == 12
     # overwrite starts over
     again = CountingEncoder(encoder)
-    build_index(corpus, again, out, overwrite=True, progress=False)
+    build_index(corpus, again, out, options=BuildOptions(overwrite=True, progress=False))
     assert again.rows == 12
