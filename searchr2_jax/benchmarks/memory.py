@@ -279,16 +279,18 @@ def compile_programs(config, model_cfg: DecoderConfig, mesh) -> dict:
     rng = jax.eval_shape(lambda: jax.random.key(0))
     stops = sampler.StopTable(_host((_STOPS, _STOP_LEN), jnp.int32), _host((_STOPS,), jnp.int32))
     sp = sampler.SamplingParams(_host((), jnp.float32), _host((), jnp.float32))
+    sampling = sampler.Sampling(params=sp, stops=stops, rng=rng)
+    shape = sampler.SegmentShape(max_steps=config.rollout.segment_steps, window=r["capacity"])
     analyse("decode", sampler.decode_segment.lower(
-        model_cfg, gen, slots, stops, sp, config.rollout.segment_steps, rng, r["capacity"], None,
-        _host((), jnp.int32), _host((B,), jnp.int32)))
+        model_cfg, gen, slots, sampling, shape, None, _host((), jnp.int32), _host((B,), jnp.int32)))
 
     chunk = T.bucket(config.rollout.max_prompt_tokens, minimum=1, fine=True)
     window = sampler.attention_window(np.asarray([chunk]), 0, r["capacity"])
     flag = _host((B,), jnp.bool_)
-    analyse("append", sampler.append_rows.lower(
-        model_cfg, gen, slots, _host((B,), jnp.int32), _host((B, chunk), jnp.int32), _host((B, chunk), jnp.bool_),
-        flag, flag, flag, flag, window=window))
+    append = sampler.AppendBatch(rows=_host((B,), jnp.int32), chunk=_host((B, chunk), jnp.int32),
+                                  valid=_host((B, chunk), jnp.bool_), reset_cache=flag, clear_response=flag,
+                                  generated=flag, run=flag)
+    analyse("append", sampler.append_rows.lower(model_cfg, gen, slots, append, window=window))
 
     if config.refiner.enabled and config.refiner.prompt == "table12":
         L = T.bucket(config.refiner.max_prompt_tokens)

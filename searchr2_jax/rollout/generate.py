@@ -38,23 +38,34 @@ def chat_text(tokenizer, user: str, system: str | None = None) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """How `generate` decodes: greedy when `temperature` is 0, else sampled with `top_p` from `seed`."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    slots: int = 8  # conversations decoded at once (at most one per prompt)
+
+
 def generate(cfg: DecoderConfig, params, tokenizer, prompts: Sequence[str], *, chat: bool = True,
-             system: str | Sequence[str] | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, slots: int = 8, mesh=None) -> list[Reply]:
+             system: str | Sequence[str] | None = None, mesh=None, **settings) -> list[Reply]:
     """Replies to `prompts` in order (through the chat template when `chat`); `system` is one system message for
-    every prompt or one per prompt."""
+    every prompt or one per prompt. `settings`: the fields of `GenerationSettings`, by keyword."""
+    s = GenerationSettings(**settings)
     systems = [system] * len(prompts) if system is None or isinstance(system, str) else list(system)
     if len(systems) != len(prompts):
         raise ValueError(f"generate: {len(systems)} system messages for {len(prompts)} prompts")
-    texts = [chat_text(tokenizer, p, s) if chat else p for p, s in zip(prompts, systems)]
+    texts = [chat_text(tokenizer, p, sm) if chat else p for p, sm in zip(prompts, systems)]
     ids = [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
     config = default_rollout_config()
-    config.update(dict(slots=max(1, min(slots, len(ids))), max_turns=1,
+    config.update(dict(slots=max(1, min(s.slots, len(ids))), max_turns=1,
                        max_prompt_tokens=T.bucket(max((len(i) for i in ids), default=1)),
-                       max_response_tokens=max_new_tokens, segment_steps=min(64, max_new_tokens),
-                       temperature=temperature, top_p=top_p))
+                       max_response_tokens=s.max_new_tokens, segment_steps=min(64, s.max_new_tokens),
+                       temperature=s.temperature, top_p=s.top_p))
     engine = rollout_lib.RolloutEngine(cfg, tokenizer, None, config, mesh=mesh)
     jobs = [T.Job(i, question=p) for i, p in zip(ids, prompts)]
-    out = engine.run(params, jobs, jax.random.key(seed), greedy=temperature <= 0, use_refiner=False)
+    out = engine.run(params, jobs, jax.random.key(s.seed), greedy=s.temperature <= 0, use_refiner=False)
     return [Reply(tokenizer.decode(list(t.response_ids), skip_special_tokens=True).strip(), t.status, t)
             for t in out.trajectories]

@@ -7,15 +7,16 @@ orchestrator (`rollout.py`) decides what to append and when, and reads the statu
 
 - `append_rows` writes a chunk (a prompt, a kept prefix, or an `<information>` block) into a few slots' caches in one
   call over just those rows (gathered, run, scattered back), so a chunk for 3 rows never costs a pass over all B.
-- `decode_segment` runs a `lax.while_loop` of up to `max_steps` single-token steps over the slots the host names
-  (the running ones); a row stops the moment its response ends with a stop sequence (matched on ids), its response
-  buffer or cache is full, or it hits EOS. The loop exits when no row is running (or enough have stopped), so the
-  host only syncs once per segment.
+- `decode_segment` runs a `lax.while_loop` of up to `SegmentShape.max_steps` single-token steps over the slots the
+  host names (the running ones); a row stops the moment its response ends with a stop sequence (matched on ids), its
+  response buffer or cache is full, or it hits EOS. The loop exits when no row is running (or enough have stopped), so
+  the host only syncs once per segment.
 - Both read only the cache prefix their rows can reach (`attention_window`), through `take_rows`/`put_rows`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -64,6 +65,38 @@ def make_stop_table(sequences: list[tuple[list[int], int]]) -> StopTable:
             raise ValueError(f"stop sequence {i} is empty")
         table[i, lmax - len(seq):] = seq
     return StopTable(jnp.asarray(table), jnp.asarray([k for _, k in sequences], jnp.int32))
+
+
+class Sampling(NamedTuple):
+    """What every decode segment of a rollout draws with (`decode_segment`); traced, so it never recompiles."""
+
+    params: SamplingParams
+    stops: StopTable
+    rng: jax.Array  # one key: rows fold in their stream and response position (see `decode_segment`)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentShape:
+    """A decode segment's static sizes (`decode_segment`): each distinct value is a program of its own."""
+
+    max_steps: int  # single-token steps at most
+    window: int | None = None  # cache positions attended (`attention_window`); None: the whole capacity
+
+
+class AppendBatch(NamedTuple):
+    """Chunks for a few slots, one row each (`append_rows`). Per row: `reset_cache` empties the cache first (a new
+    job), `clear_response` empties the response buffer, `generated` says whether the chunk also goes into the
+    response buffer (observations, with loss mask 0) or only into the cache (a prompt), and `run` whether the slot
+    then decodes (RUNNING) or stays IDLE (a prompt only scored from its logits, such as the Meta-Refiner's
+    follow-up)."""
+
+    rows: jax.Array  # [n] int32 slot ids; an id >= B pads the bucket and is dropped
+    chunk: jax.Array  # [n, C] int32, right-padded
+    valid: jax.Array  # [n, C] bool
+    reset_cache: jax.Array  # [n] bool
+    clear_response: jax.Array  # [n] bool
+    generated: jax.Array  # [n] bool
+    run: jax.Array  # [n] bool
 
 
 class SlotState(NamedTuple):
@@ -175,17 +208,12 @@ def put_rows(state: SlotState, rows, sub: SlotState, start, span: int) -> SlotSt
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnums=2)
-def append_rows(cfg: DecoderConfig, params, state: SlotState, rows, chunk, valid, reset_cache, clear_response,
-                generated, run, window: int | None = None):
-    """Appends a chunk to a few slots and refreshes their next-token logits; the slots become RUNNING (`run`) or
-    IDLE (a prompt only scored from the logits, such as the Meta-Refiner's follow-up).
-
-    rows [n] slot ids (an id >= B pads the bucket and is dropped); chunk/valid [n, C] right-padded. Per row:
-    `reset_cache` empties the cache first (a new job), `clear_response` empties the response buffer, and
-    `generated` says whether the chunk also goes into the response buffer (observations, with loss mask 0) or
-    only into the cache (the prompt). Only these rows, and the first `window` cache positions (static; see
-    `attention_window`: it must hold every row's cache and chunk), are read and written.
+def append_rows(cfg: DecoderConfig, params, state: SlotState, batch: AppendBatch, window: int | None = None):
+    """Appends a chunk to a few slots (`AppendBatch`) and refreshes their next-token logits. Only these rows, and the
+    first `window` cache positions (static; see `attention_window`: it must hold every row's cache and chunk), are
+    read and written.
     """
+    rows, chunk, valid, reset_cache, clear_response, generated, run = batch
     B, R = state.tokens.shape
     sub = take_rows(state, rows, state.cache.capacity if window is None else window)
     cache = sub.cache._replace(lengths=jnp.where(reset_cache, 0, sub.cache.lengths))
@@ -234,26 +262,27 @@ def seed_rows(state: SlotState, rows, prefix: kvc.KVCache) -> SlotState:
     return state._replace(cache=kvc.put(state.cache, rows, sub, jnp.zeros((n,), jnp.int32), prefix.capacity))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 7), donate_argnums=2)
-def decode_segment(cfg: DecoderConfig, params, state: SlotState, stops: StopTable, sp: SamplingParams,
-                   max_steps: int, rng: jax.Array, window: int | None = None, rows=None, exit_stops=None,
-                   streams=None):
-    """Up to `max_steps` tokens for every RUNNING row; returns (state, steps taken).
+@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
+def decode_segment(cfg: DecoderConfig, params, state: SlotState, sampling: Sampling, shape: SegmentShape, rows=None,
+                   exit_stops=None, streams=None):
+    """Up to `shape.max_steps` tokens for every RUNNING row; returns (state, steps taken).
 
     The response buffer length R is the response budget: a row that fills it, or fills its cache, stops with
     STOP_BUDGET. A regenerated row keeps its kept prefix in the buffer, so its total budget is unchanged.
-    `window` (static; see `attention_window`) limits attention to the cache prefix the rows can reach in this
-    segment, and `rows` [n] (bucketed, pads >= B; None = all B) to the slots worth decoding: a step reads every
-    decoded row's cache, so idle slots (finished, or waiting for the host) would cost as much as running ones.
+    `shape.window` limits attention to the cache prefix the rows can reach in this segment, and `rows` [n]
+    (bucketed, pads >= B; None = all B) to the slots worth decoding: a step reads every decoded row's cache, so idle
+    slots (finished, or waiting for the host) would cost as much as running ones.
     `exit_stops` (traced, default never) also ends the segment once that many of its rows have stopped, so rows
     waiting for the host (a search, a finished answer) do not idle for the rest of the segment.
-    A row's token at response position p draws from `fold_in(fold_in(rng, stream), p)`, where `stream` is the
-    slot's entry of `streams` [B] int32 (default: the slot id). With one key for a whole rollout and a stream per job
-    (the engine's), a job's draws depend neither on its slot, nor on who shares its batch, nor on where segments end.
+    A row's token at response position p draws from `fold_in(fold_in(sampling.rng, stream), p)`, where `stream` is
+    the slot's entry of `streams` [B] int32 (default: the slot id). With one key for a whole rollout and a stream per
+    job (the engine's), a job's draws depend neither on its slot, nor on who shares its batch, nor on where segments
+    end.
     """
+    stops, sp, rng, max_steps = sampling.stops, sampling.params, sampling.rng, shape.max_steps
     B, R = state.tokens.shape
     cap = state.cache.capacity
-    window = cap if window is None else min(window, cap)
+    window = cap if shape.window is None else min(shape.window, cap)
     slot_ids = jnp.arange(B) if rows is None else jnp.minimum(rows, B - 1)
     streams = slot_ids if streams is None else jnp.asarray(streams, jnp.int32)[slot_ids]
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, streams)

@@ -42,6 +42,7 @@ def figures(tok):
     return fuzz.fuzz(tok, WordRetriever(), small_config())
 
 
+@pytest.mark.slow
 def test_a_few_hundred_hostile_rows_end_with_a_status_and_break_no_invariant(figures):
     assert figures["fuzz_cases"] == 192 and figures["fuzz_runs"] == 3
     assert figures["fuzz_crashes"] == figures["fuzz_hangs"] == figures["fuzz_violations"] == 0
@@ -106,12 +107,13 @@ def test_every_hand_run_row_passes_and_each_corruption_is_caught(tok, rows):
 def test_the_fuzz_counts_violations_crashes_and_hangs_instead_of_stopping(tok, monkeypatch):
     real_retrieve = rollout_lib.RolloutEngine._retrieve
 
-    def forging_retrieve(self, slots, searches, finished, pending, m):
-        real_retrieve(self, slots, searches, finished, pending, m)
+    def forging_retrieve(self, ctx, searches):
+        outcomes = real_retrieve(self, ctx, searches)
         for b in searches:
-            turn = slots[b].turns[-1]
+            turn = ctx.slots[b].turns[-1]
             if turn.passages:
                 turn.passages = [Passage("forged", "", protocol.INFO_OPEN)]
+        return outcomes
 
     monkeypatch.setattr(rollout_lib.RolloutEngine, "_retrieve", forging_retrieve)
     assert fuzz.fuzz(tok, WordRetriever(), small_config(64))["fuzz_violations"] > 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from searchr2_jax.retrieval.types import Passage
+from searchr2_jax.rollout import cost_model
 from searchr2_jax.rollout import refiner as refiner_lib
 from searchr2_jax.rollout import rollout as rollout_lib
 from searchr2_jax.rollout import sampler
@@ -34,11 +35,12 @@ class FakeRetriever:
                 for q in queries]
 
 
-def engine(slots=4, retriever=None, refiner_choice=None, refiner=False, max_revisions=1, script=None,
-           prompt="followup", noise=0.0, **overrides):
+def engine(retriever=None, refiner_choice=None, refiner=False, max_revisions=1, script=None, prompt="followup",
+           noise=0.0, **overrides):
+    """The scripted machine's engine: 4 slots and small budgets; `overrides` update the rollout config."""
     cfg, params = scripted.machine(TOK, script=script, refiner_choice=refiner_choice, noise=noise)
     config = default_rollout_config()
-    config.update(dict(slots=slots, max_prompt_tokens=16, max_response_tokens=96, max_obs_tokens=32, topk=2,
+    config.update(dict(slots=4, max_prompt_tokens=16, max_response_tokens=96, max_obs_tokens=32, topk=2,
                        segment_steps=8, retrieval_timeout_s=1.0))
     config.update(overrides)
     ref = None
@@ -125,6 +127,7 @@ def test_retrieval_timeout_never_hangs():
     assert time.time() - t0 < 3.0
 
 
+@pytest.mark.slow
 def test_more_jobs_than_slots_all_finish_in_order():
     eng, params = engine(slots=2)
     prompts = ["go", "loop", "bad", "go", "go"]
@@ -207,6 +210,7 @@ def test_decision_rule():
     assert refiner_lib.decide(np.log(np.array([0.5, 0.5])), 1, margin=0.0) == 1  # a tie revises (margin >= 0)
 
 
+@pytest.mark.slow
 def test_forced_revision_rate_for_benchmarks():
     eng, params = engine(refiner=True, refiner_choice="0", slots=8)
     eng.refiner.config.force_revise_rate = 1.0
@@ -215,6 +219,7 @@ def test_forced_revision_rate_for_benchmarks():
     assert all(m.forced for t in out.trajectories for m in t.meta_actions)
 
 
+@pytest.mark.slow
 def test_forced_revisions_are_drawn_per_job_whatever_the_order_trajectories_end_in():
     cuts = []
     for slots, prompt in ((1, "followup"), (8, "followup"), (3, "table12")):
@@ -226,6 +231,7 @@ def test_forced_revisions_are_drawn_per_job_whatever_the_order_trajectories_end_
     assert cuts[0] == cuts[1] == cuts[2]
 
 
+@pytest.mark.slow
 def test_a_jobs_samples_depend_neither_on_the_slot_count_nor_on_what_else_runs():
     # At temperature 10 the script's successor has about 0.3 of the mass: every trajectory is its own random walk.
     prompts = ["go", "go", "ask", "go", "bad", "go"]
@@ -240,6 +246,7 @@ def test_a_jobs_samples_depend_neither_on_the_slot_count_nor_on_what_else_runs()
             np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_refined_rollout_differs_from_a_plain_one_only_where_it_revised():
     prompts = ["go", "ask", "go", "go", "go", "bad", "go", "go"]
     plain_eng, params = engine(temperature=10.0)
@@ -259,12 +266,13 @@ def test_a_refined_rollout_differs_from_a_plain_one_only_where_it_revised():
     assert any(not np.array_equal(x.response_ids, y.response_ids) for x, y in zip(refined, plain) if x.cut_steps)
 
 
+@pytest.mark.slow
 def test_long_and_short_conversations_decode_in_calls_of_their_own_and_generate_the_same(monkeypatch):
     # "loop" runs to a 300-token budget while the others stop early: their attention windows part ways.
     prompts = ["loop", "go", "ask", "go", "bad", "go"]
     runs = []
     for call_cost in (10**9, 0):  # one call for all running slots; calls as small as the cost model allows
-        monkeypatch.setattr(rollout_lib, "DECODE_CALL_POSITIONS", call_cost)
+        monkeypatch.setattr(cost_model, "DECODE_CALL_POSITIONS", call_cost)
         eng, params = engine(slots=4, temperature=2.0, max_response_tokens=300)
         runs.append(eng.run(params, jobs(*prompts), jax.random.key(3)))
     one, split = runs
@@ -299,7 +307,7 @@ def test_work_counters_count_what_the_device_decoded_and_appended():
 
 
 def test_decode_groups_cover_the_rows_in_order_at_the_least_modelled_cost():
-    call, row = rollout_lib.DECODE_CALL_POSITIONS, rollout_lib.DECODE_ROW_POSITIONS
+    call, row = cost_model.DECODE_CALL_POSITIONS, cost_model.DECODE_ROW_POSITIONS
     cost = lambda w, groups: sum(call + T.bucket(j - i, minimum=1) * (row + w[j - 1]) for i, j in groups)
 
     def brute(w):  # every split into consecutive calls
@@ -309,13 +317,13 @@ def test_decode_groups_cover_the_rows_in_order_at_the_least_modelled_cost():
     rng = np.random.default_rng(0)
     for _ in range(30):
         w = sorted(rng.choice([128, 192, 256, 384, 512, 768, 1024], size=rng.integers(1, 9)).tolist())
-        groups = rollout_lib.decode_groups(w)
+        groups = cost_model.decode_groups(w)
         assert [i for i, _ in groups] == [0] + [j for _, j in groups[:-1]] and groups[-1][1] == len(w)
         assert cost(w, groups) == brute(w)
-    assert rollout_lib.decode_groups([256] * 31 + [1024]) == [(0, 31), (31, 32)]
-    assert rollout_lib.decode_groups([256, 384]) == [(0, 2)]  # a second call costs more than the longer window
-    assert sorted(j - i for i, j in rollout_lib.decode_groups([1024] * 17)) == [1, 16]  # not 15 rows of padding
-    assert rollout_lib.decode_groups([]) == []
+    assert cost_model.decode_groups([256] * 31 + [1024]) == [(0, 31), (31, 32)]
+    assert cost_model.decode_groups([256, 384]) == [(0, 2)]  # a second call costs more than the longer window
+    assert sorted(j - i for i, j in cost_model.decode_groups([1024] * 17)) == [1, 16]  # not 15 rows of padding
+    assert cost_model.decode_groups([]) == []
 
 
 def test_n_max_out_of_range_is_refused():
@@ -403,6 +411,7 @@ def test_fine_buckets_add_one_and_a_half_powers_of_two():
     assert T.bucket(100, minimum=128, fine=True) == 128
 
 
+@pytest.mark.slow
 def test_shared_prompt_prefix_is_encoded_once_and_changes_nothing():
     # 18 shared words, then each job's own: the prefix is encoded once and copied into every new slot. With this much
     # noise in the layers the log-probs depend on the prompt's keys and values: a copy scaled by 0.5 changes the text.
@@ -423,22 +432,22 @@ def test_shared_prompt_prefix_is_encoded_once_and_changes_nothing():
 
 
 def test_append_groups_cover_the_chunks_in_order_at_the_least_padded_cost():
-    cost = lambda sizes, groups: sum(rollout_lib.APPEND_CALL_TOKENS + n * T.bucket(sizes[i], minimum=1, fine=True)
+    cost = lambda sizes, groups: sum(cost_model.APPEND_CALL_TOKENS + n * T.bucket(sizes[i], minimum=1, fine=True)
                                      for i, _, n in groups)
 
     def brute(sizes):  # every split into consecutive calls
         if not sizes:
             return 0
         C = T.bucket(sizes[0], minimum=1, fine=True)
-        return min(rollout_lib.APPEND_CALL_TOKENS + T.bucket(j, minimum=1) * C + brute(sizes[j:])
+        return min(cost_model.APPEND_CALL_TOKENS + T.bucket(j, minimum=1) * C + brute(sizes[j:])
                    for j in range(1, len(sizes) + 1))
 
     rng = np.random.default_rng(0)
     for _ in range(30):
         sizes = sorted(rng.integers(1, 300, size=rng.integers(1, 9)).tolist(), reverse=True)
-        groups = rollout_lib.append_groups(sizes)
+        groups = cost_model.append_groups(sizes)
         assert [i for i, _, _ in groups] == [0] + [j for _, j, _ in groups[:-1]] and groups[-1][1] == len(sizes)
         assert all(n >= j - i and n & (n - 1) == 0 for i, j, n in groups)
         assert cost(sizes, groups) == brute(sizes)
     # One long observation among short ones gets a call of its own instead of padding the others to its length.
-    assert rollout_lib.append_groups([256, 20, 20, 20]) == [(0, 1, 1), (1, 4, 4)]
+    assert cost_model.append_groups([256, 20, 20, 20]) == [(0, 1, 1), (1, 4, 4)]
