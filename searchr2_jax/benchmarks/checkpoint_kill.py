@@ -100,15 +100,21 @@ def _install_pause(spec: str, marker: str) -> None:
     from searchr2_jax.trainer import Trainer
 
     if kind == "sft":
-        sft_batch = Trainer.sft_batch
+        init = Trainer.__init__
 
-        def patched_sft_batch(self, s):
-            if s + 1 == step:  # the batch of (1-based) step `step`
-                self.ckpt.wait()
-                _pause(marker, {"kind": kind, "step": step})
-            return sft_batch(self, s)
+        def patched_init(self, *a, **k):  # wraps the trainer's batch stream, which knows nothing of checkpoints
+            init(self, *a, **k)
+            batches = self.sft_batches
 
-        Trainer.sft_batch = patched_sft_batch
+            def paused(s):
+                if s + 1 == step:  # the batch of (1-based) step `step`
+                    self.ckpt.wait()
+                    _pause(marker, {"kind": kind, "step": step})
+                return batches(s)
+
+            self.sft_batches = paused
+
+        Trainer.__init__ = patched_init
     elif kind == "rollout":
         from searchr2_jax.rollout.rollout import RolloutEngine
 
