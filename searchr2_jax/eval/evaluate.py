@@ -33,9 +33,7 @@ def make_jobs(examples: Sequence[QAExample], tokenizer, chat: bool = False, grou
 
 def score(trajectories: Sequence[Trajectory]) -> tuple[np.ndarray, np.ndarray]:
     """(EM, F1) per trajectory, from the answer parsed out of the response only."""
-    em = np.asarray([rewards.exact_match(t.answer, t.job.golden_answers) for t in trajectories], np.float32)
-    f1 = np.asarray([rewards.f1_score(t.answer, t.job.golden_answers) for t in trajectories], np.float32)
-    return em, f1
+    return rewards.score_answers([t.answer for t in trajectories], [t.job.golden_answers for t in trajectories])
 
 
 def rollouts(engine: RolloutEngine, params, examples: Sequence[QAExample], rng: jax.Array, chat: bool = False,
