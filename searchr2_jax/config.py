@@ -96,9 +96,6 @@ def default_refiner_config() -> ml_collections.ConfigDict:
         # table12 prompts (or a refiner with its own params) are scored in passes of at most this many prompts
         # (0 = all finished trajectories in one pass): a pass holds every row's activations on every device.
         score_batch=0,
-        # Benchmarks only: revise this fraction of trajectories at a uniformly drawn step, whatever the scores say
-        # (the scores are still computed, so the cost is real). -1 = off.
-        force_revise_rate=-1.0,
     ))
 
 

@@ -44,6 +44,7 @@ import time
 import jax
 import numpy as np
 
+from searchr2_jax.benchmarks.engines import ForcedRefiner, ReprefillEngine
 from searchr2_jax.config import default_refiner_config, default_retrieval_config, default_rollout_config
 from searchr2_jax.data import synthetic
 from searchr2_jax.eval.evaluate import make_jobs
@@ -130,15 +131,17 @@ def run(quick: bool = False, configs: dict | None = None) -> dict:
               sampler.seed_rows, sampler.encode_prefix]
     compiles = [0]
     ref_cfg = default_refiner_config()
-    ref_cfg.update(dict(force_revise_rate=0.3, prompt="followup", chat=True))
-    eng = RolloutEngine(cfg, tokenizer, retriever, config, MetaRefiner(cfg, tokenizer, ref_cfg, config.max_turns))
+    ref_cfg.update(dict(prompt="followup", chat=True))
+    refiner = ForcedRefiner(MetaRefiner(cfg, tokenizer, ref_cfg, config.max_turns), rate=0.3)
+    eng = RolloutEngine(cfg, tokenizer, retriever, config, refiner)
+    baseline = ReprefillEngine(cfg, tokenizer, retriever, config)
 
-    def timed(seed, **kw):
+    def timed(seed, engine=eng, **kw):
         key = jax.random.key(seed)
-        eng.run(params, jobs, key, **kw)  # compile every bucket this workload reaches
+        engine.run(params, jobs, key, **kw)  # compile every bucket this workload reaches
         before = sum(f._cache_size() for f in jitted)
         t0 = time.perf_counter()
-        out = eng.run(params, jobs, key, **kw)
+        out = engine.run(params, jobs, key, **kw)
         dt = time.perf_counter() - t0
         compiles[0] += sum(f._cache_size() for f in jitted) - before
         # XLA:CPU maps memory for every compiled kernel: kept together, four configurations' programs reached the
@@ -148,7 +151,7 @@ def run(quick: bool = False, configs: dict | None = None) -> dict:
         return out, dt
 
     seeds = SEEDS[:1] if quick else SEEDS
-    reprefilled, t_reprefill = timed(seeds[0], use_refiner=False, reprefill=True)  # next to seed 0's base run
+    reprefilled, t_reprefill = timed(seeds[0], baseline, use_refiner=False)  # next to seed 0's base run
     pairs = []  # (seed, base, its wall, refined, its wall): adjacent runs
     for s in seeds:
         base, t_base = timed(s, use_refiner=False)

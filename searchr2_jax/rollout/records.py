@@ -112,7 +112,7 @@ class Run:
     gen_params: Any  # per-layer weights for generation (`decoder.per_layer_weights`)
     refiner: MetaRefiner | None  # None: every finished trajectory is accepted
     refiner_params: Any
-    seed: int  # the refiner's forced draws, per job
+    seed: int  # with `Slot.stream`, keys the generator each refiner decision may draw from (`MetaRefiner.choose`)
     queue: collections.deque  # job indices not yet admitted
     slots: list[Slot | None]
     out: list[T.Trajectory | None]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,10 @@ from searchr2_jax.text import protocol
 from searchr2_jax.config import default_refiner_config
 
 MAX_REVISIONS = 4  # the paper's N_max range (0..4); each revision of a job samples from a stream of its own
+
+
+# (follow-up ids per trajectory, candidates' first tokens [C]) -> next-token log-probs [n, C] read in the slots
+SlotScorer = Callable[[list[list[int]], np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass
@@ -78,7 +82,8 @@ def _prompt_end_logprobs(cfg: DecoderConfig, params, tokens, mask, candidates):
 
 
 class MetaRefiner:
-    """Builds refiner prompts from finished trajectories and scores their candidates in one batched pass."""
+    """Builds refiner prompts from finished trajectories, scores their candidates (in the Actor's slots or in one
+    batched pass) and decides."""
 
     def __init__(self, cfg: DecoderConfig, tokenizer, config: ml_collections.ConfigDict | None = None,
                  max_turns: int = 4):
@@ -86,7 +91,6 @@ class MetaRefiner:
         self.tokenizer = tokenizer
         self.config = config or default_refiner_config()
         self.max_turns = max_turns
-        self.last_score_s = 0.0  # device time of the latest scoring pass (for the rollout's host_fraction)
         if not 0 <= self.config.max_revisions <= MAX_REVISIONS:
             raise ValueError(f"refiner.max_revisions={self.config.max_revisions}: N_max must be 0..{MAX_REVISIONS}")
         if self.config.prompt not in ("followup", "table12"):
@@ -184,33 +188,41 @@ class MetaRefiner:
         return (out, tok) if per_token else out
 
     def judge(self, params, trajectories: list[Trajectory], step_texts: list[list[tuple[str, str]]],
-              rngs: Sequence[np.random.Generator]) -> list[Decision]:
-        """Decisions for finished trajectories (`step_texts`: per trajectory, (assistant, tool) text per turn)."""
+              rngs: Sequence[np.random.Generator], in_slots: SlotScorer | None = None
+              ) -> tuple[list[Decision], float]:
+        """Decisions for finished trajectories (`step_texts`: per trajectory, (assistant, tool) text per turn), and
+        the seconds their scoring took. `rngs`, one per trajectory, keyed per job and revision, are what a
+        stochastic decision rule draws from (see `choose`).
+
+        `in_slots`, given when the trajectories sit in the Actor's slots and `params` are the Actor's: a follow-up
+        prompt whose candidates are single tokens is scored there, the trajectory read from the KV cache and only
+        the follow-up encoded. Otherwise every prompt is encoded whole, in one batched pass (`score`)."""
         prompts = [self.prompt_ids(t, s) for t, s in zip(trajectories, step_texts)]
         num_steps = [len(s) for s in step_texts]
         t0 = time.perf_counter()
-        scores, token_scores = self.score(params, prompts, num_steps, batch=self.config.score_batch or None,
-                                          per_token=True)
-        self.last_score_s = time.perf_counter() - t0
-        return self.decisions(prompts, num_steps, scores, rngs, token_scores)
+        if in_slots is not None and self.followup and self.max_candidate_len == 1:
+            first = np.asarray([c[0] for c in self.candidate_ids], np.int32)
+            scores = self.own_steps(in_slots([self.followup_ids(t) for t in num_steps], first), num_steps)
+            token_scores = scores[..., None]
+        else:
+            scores, token_scores = self.score(params, prompts, num_steps, batch=self.config.score_batch or None,
+                                              per_token=True)
+        score_s = time.perf_counter() - t0
+        return self.decisions(prompts, num_steps, scores, rngs, token_scores), score_s
+
+    def choose(self, scores: np.ndarray, num_steps: int, rng: np.random.Generator) -> tuple[int, bool]:
+        """(choice, forced) for one row of candidate log-probs [max_turns+1]: the margin rule (`decide`), which draws
+        nothing. A benchmark's subclass may force revisions instead (benchmarks/engines.py)."""
+        del rng
+        return decide(scores, num_steps, self.config.margin), False
 
     def decisions(self, prompts: list[list[int]], num_steps: list[int], scores: np.ndarray,
-                  rngs: Sequence[np.random.Generator], token_scores: np.ndarray | None = None) -> list[Decision]:
-        """The decision rule (or the benchmark's forced revisions) on candidate scores [n, max_turns+1]. `rngs`, one
-        per trajectory, draw the forced revisions: keyed per job, they do not depend on the order trajectories end.
-        `token_scores` [n, max_turns+1, max_candidate_len]: the scores token by token (`score(per_token=True)`);
-        without it every candidate must be one token."""
-        if token_scores is None:
-            if self.max_candidate_len > 1:
-                raise ValueError("decisions: multi-token candidates need token_scores (score(per_token=True))")
-            token_scores = scores[..., None]
+                  rngs: Sequence[np.random.Generator], token_scores: np.ndarray) -> list[Decision]:
+        """`choose` on candidate scores [n, max_turns+1], as Decisions that record the meta-action.
+        `token_scores` [n, max_turns+1, max_candidate_len]: the scores token by token (`score(per_token=True)`)."""
         out = []
         for i, (p, t, rng) in enumerate(zip(prompts, num_steps, rngs)):
-            forced = self.config.force_revise_rate >= 0
-            if forced:
-                choice = int(rng.integers(1, t + 1)) if t >= 1 and rng.random() < self.config.force_revise_rate else 0
-            else:
-                choice = decide(scores[i], t, self.config.margin)
+            choice, forced = self.choose(scores[i], t, rng)
             action = self.candidate_ids[choice]
             meta = MetaAction(prompt_ids=p, action_ids=action, choice=choice, logprob=float(scores[i, choice]),
                               scores=scores[i, :t + 1].tolist(), forced=forced,

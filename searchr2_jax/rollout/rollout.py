@@ -79,19 +79,15 @@ class RolloutEngine:
     # ---------------------------------------------------------------------------------------------- public
 
     def run(self, params, jobs: Sequence[T.Job], rng: jax.Array, greedy: bool = False,
-            refiner_params=None, use_refiner: bool = True, reprefill: bool = False) -> RolloutOutput:
-        """Rolls out every job; returns trajectories in job order and the rollout metrics.
-
-        `reprefill=True` is the baseline the benchmark compares against: each observation re-prefills the whole
-        conversation instead of appending a chunk to the cache.
-        """
+            refiner_params=None, use_refiner: bool = True) -> RolloutOutput:
+        """Rolls out every job; returns trajectories in job order and the rollout metrics."""
         c = self.config
         refiner = self.refiner if (use_refiner and self.refiner and self.refiner.config.enabled
                                    and self.refiner.config.max_revisions > 0) else None
         # Sampling keys are per job and revision (`Slot.stream`) and position, not per slot or segment (see
         # `decode_segment`), so a refined rollout differs from a plain one only where it revised.
         decode_key, host_key = jax.random.split(rng)
-        host_seed = int(jax.random.randint(host_key, (), 0, 2**31 - 1))  # the refiner's forced draws, per job
+        host_seed = int(jax.random.randint(host_key, (), 0, 2**31 - 1))  # the refiner's draws, per job
         sampling = sampler.Sampling(params=sampler.sampling_params(0.0 if greedy else c.temperature, c.top_p),
                                     stops=self.stops, rng=decode_key)
         state = sampler.init_slots(self.cfg, c.slots, self.capacity, c.max_response_tokens)
@@ -124,7 +120,7 @@ class RolloutEngine:
             device_s += time.perf_counter() - t0
             stopped = [b for b, s in enumerate(ctx.slots) if s is not None and ends.status[b] != sampler.RUNNING]
             if stopped:
-                state, pending = self._round(ctx, state, stopped, ends, reprefill)
+                state, pending = self._round(ctx, state, stopped, ends)
 
         wall = time.perf_counter() - t_start
         device_s += ctx.counts["refiner_score_s"]
@@ -139,7 +135,7 @@ class RolloutEngine:
 
     # ---------------------------------------------------------------------------------------------- steps
 
-    def _round(self, ctx: Run, state, stopped: list[int], ends: sampler.SlotState, reprefill: bool):
+    def _round(self, ctx: Run, state, stopped: list[int], ends: sampler.SlotState):
         """The host's work after a segment, for the slots that stopped in it (`stopped`): parse their turns,
         retrieve, judge and settle the finished ones, admit new jobs. `ends` is the host copy of the state's status,
         stop kinds and lengths. Returns the state and the appends pending for the next segment."""
@@ -152,11 +148,9 @@ class RolloutEngine:
                     + [f for f in fitted if isinstance(f, Finished)])
         pending = [a for a in fitted if isinstance(a, Append)]
         if finished:
-            # The observations ride in the follow-ups' append (one set of calls, not two); the baseline keeps them
-            # pending, for `_reprefill`.
-            judged = self._judge(ctx, state, finished, host, [] if reprefill else pending)
-            state = judged.state
-            pending = pending if reprefill else judged.unsent
+            # The observations ride in the follow-ups' append: one set of calls, not two.
+            judged = self._judge(ctx, state, finished, host, pending)
+            state, pending = judged.state, judged.unsent
             settled = [self._settle(ctx, f, judged.decisions.get(f.slot), host) for f in finished]
             revisions = [r for r in settled if isinstance(r, Revision)]
             if revisions:
@@ -168,10 +162,7 @@ class RolloutEngine:
                     ctx.slots[f.slot] = None
                     ctx.counts["tokens_generated"] += int(traj.loss_mask.sum())
         state, admitted = self._admit(ctx, state)
-        pending += admitted
-        if reprefill:
-            state = self._reprefill(ctx, state, pending)
-        return state, pending
+        return state, pending + admitted
 
     def _shared_prefix(self, params, jobs):
         """(length, one-row cache) of the longest prompt prefix all jobs share, or None if it is shorter than
@@ -358,9 +349,10 @@ class RolloutEngine:
         return Append(slot=b, ids=ids, generated=True)
 
     def _judge(self, ctx: Run, state, finished: list[Finished], host: sampler.SlotState, ride: list[Append]) -> Judged:
-        """The Meta-Refiner's decisions for the finished slots that may still be revised. A follow-up prompt under
-        the Actor's own parameters is scored in the slots (`_score_in_slots`, which also appends the `ride` items);
-        a table12 prompt, or a refiner with parameters of its own, is scored by `MetaRefiner.judge` in one pass."""
+        """The Meta-Refiner's decisions for the finished slots that may still be revised (`MetaRefiner.judge`). Under
+        the Actor's own parameters it may score them in their slots, through `in_slots`, whose append also carries
+        the `ride` items (other slots' observations): a follow-up scored when only one or two slots finish does not
+        take a call of its own."""
         refiner, slots, m = ctx.refiner, ctx.slots, ctx.counts
         cands = [] if refiner is None else [f for f in finished if slots[f.slot].turns
                                             and len(slots[f.slot].cut_steps) < refiner.config.max_revisions]
@@ -369,23 +361,26 @@ class RolloutEngine:
         partial = [slots[f.slot].trajectory(host, f) for f in cands]
         texts = [turn_texts(self.tokenizer, t.response_ids, t.turns) for t in partial]
         rngs = [np.random.default_rng([ctx.seed, slots[f.slot].stream]) for f in cands]
+        rows = [f.slot for f in cands]
+
+        def in_slots(followups: list[list[int]], candidates: np.ndarray) -> np.ndarray:
+            # The follow-ups go in the cache only (the slots stay idle); the candidates are read from the slots'
+            # next-token logits.
+            nonlocal state, ride
+            items = ride + [Append(slot=b, ids=ids, run=False) for b, ids in zip(rows, followups)]
+            state, ride = self._append(ctx, state, items), []
+            lp = sampler.next_token_logprobs(state, self._rows(rows), candidates)
+            return np.asarray(jax.device_get(lp))[:len(rows)]
+
         t0 = time.perf_counter()
-        if refiner.followup and ctx.refiner_params is None and refiner.max_candidate_len == 1:
-            num_steps = [len(t) for t in texts]
-            state, scores = self._score_in_slots(ctx, state, [f.slot for f in cands], num_steps, ride)
-            ride = []
-            score_s = time.perf_counter() - t0
-            decisions = refiner.decisions([refiner.prompt_ids(t, s) for t, s in zip(partial, texts)], num_steps,
-                                          scores, rngs)
-        else:
-            judge_params = ctx.params if ctx.refiner_params is None else ctx.refiner_params
-            decisions = refiner.judge(judge_params, partial, texts, rngs)
-            score_s = refiner.last_score_s
+        own = ctx.refiner_params is None
+        decisions, score_s = refiner.judge(ctx.params if own else ctx.refiner_params, partial, texts, rngs,
+                                           in_slots=in_slots if own else None)
         m["refiner_score_s"] += score_s
         m["refiner_host_s"] += time.perf_counter() - t0 - score_s
         m["refiner_calls"] += 1
         m["refiner_judged"] += len(cands)
-        return Judged(state=state, decisions={f.slot: d for f, d in zip(cands, decisions)}, unsent=ride)
+        return Judged(state=state, decisions=dict(zip(rows, decisions)), unsent=ride)
 
     def _settle(self, ctx: Run, f: Finished, decision: Decision | None, host: sampler.SlotState
                 ) -> T.Trajectory | Revision:
@@ -414,26 +409,3 @@ class RolloutEngine:
         ctx.counts["revisions"] += 1
         return Revision(slot=b, response_len=max(keep - 1, 0), cache_len=len(prompt) + keep - 1,
                         restart=Append(slot=b, ids=last, generated=keep > 0))
-
-    def _score_in_slots(self, ctx: Run, state, rows: list[int], num_steps: list[int], pending: list[Append]):
-        """Appends the refiner's follow-up to finished slots (cache only, slots left idle) and reads the candidates'
-        log-probs [n, max_turns+1] from their next-token logits: the trajectory is read from the cache, not
-        re-encoded. The `pending` items (other slots' observations) go in the same append calls, so a follow-up
-        scored when only one or two slots finish does not take a call of its own. Returns (state, log-probs)."""
-        refiner = ctx.refiner
-        followups = [Append(slot=b, ids=refiner.followup_ids(t), run=False) for b, t in zip(rows, num_steps)]
-        state = self._append(ctx, state, pending + followups)
-        cands = np.asarray([c[0] for c in refiner.candidate_ids], np.int32)
-        lp = np.asarray(jax.device_get(sampler.next_token_logprobs(state, self._rows(rows), cands)))[:len(rows)]
-        return state, refiner.own_steps(lp, num_steps)
-
-    def _reprefill(self, ctx: Run, state, pending: list[Append]):
-        """Baseline only: observation rows rebuild their whole cache from prompt + response instead of appending."""
-        obs = [it.slot for it in pending if it.generated and not it.reset_cache]
-        if not obs:
-            return state
-        tokens, length = jax.device_get((state.tokens, state.length))
-        # the whole conversation, shared prompt prefix included, as Search-R1 re-encodes it
-        whole = [Append(slot=b, ids=list(ctx.slots[b].job.prompt_ids) + list(tokens[b, :length[b]]), reset_cache=True)
-                 for b in obs]
-        return self._append(ctx, state, whole)

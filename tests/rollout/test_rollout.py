@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from searchr2_jax.benchmarks.engines import ForcedRefiner
 from searchr2_jax.retrieval.types import Passage
 from searchr2_jax.rollout import cost_model
 from searchr2_jax.rollout import refiner as refiner_lib
@@ -211,27 +212,6 @@ def test_decision_rule():
 
 
 @pytest.mark.slow
-def test_forced_revision_rate_for_benchmarks():
-    eng, params = engine(refiner=True, refiner_choice="0", slots=8)
-    eng.refiner.config.force_revise_rate = 1.0
-    out = eng.run(params, jobs(*["go"] * 8), jax.random.key(0))
-    assert out.metrics["rollout/revision_rate"] == 1.0
-    assert all(m.forced for t in out.trajectories for m in t.meta_actions)
-
-
-@pytest.mark.slow
-def test_forced_revisions_are_drawn_per_job_whatever_the_order_trajectories_end_in():
-    cuts = []
-    for slots, prompt in ((1, "followup"), (8, "followup"), (3, "table12")):
-        eng, params = engine(refiner=True, refiner_choice="0", slots=slots, prompt=prompt)
-        eng.refiner.config.force_revise_rate = 0.5
-        out = eng.run(params, jobs("go", "ask", "go", "bad", "go", "go", "ask", "go"), jax.random.key(5))
-        cuts.append([t.cut_steps for t in out.trajectories])
-    assert 0 < sum(map(bool, cuts[0])) < 8
-    assert cuts[0] == cuts[1] == cuts[2]
-
-
-@pytest.mark.slow
 def test_a_jobs_samples_depend_neither_on_the_slot_count_nor_on_what_else_runs():
     # At temperature 10 the script's successor has about 0.3 of the mass: every trajectory is its own random walk.
     prompts = ["go", "go", "ask", "go", "bad", "go"]
@@ -252,7 +232,7 @@ def test_a_refined_rollout_differs_from_a_plain_one_only_where_it_revised():
     plain_eng, params = engine(temperature=10.0)
     plain = plain_eng.run(params, jobs(*prompts), jax.random.key(2)).trajectories
     eng, _ = engine(refiner=True, refiner_choice="0", temperature=10.0)
-    eng.refiner.config.force_revise_rate = 0.5
+    eng.refiner = ForcedRefiner(eng.refiner, rate=0.5)
     refined = eng.run(params, jobs(*prompts), jax.random.key(2)).trajectories
     revised = [t for t in refined if t.cut_steps]
     assert 0 < len(revised) < len(prompts)

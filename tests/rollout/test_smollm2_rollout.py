@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from searchr2_jax.benchmarks.engines import ForcedRefiner
 from searchr2_jax.data import synthetic
 from searchr2_jax.eval.evaluate import make_jobs
 from searchr2_jax.retrieval.retriever import build_retriever
@@ -32,9 +33,9 @@ def rollout():
     config.update(dict(slots=4, max_turns=3, topk=2, max_prompt_tokens=256, max_response_tokens=64,
                        max_obs_tokens=32, segment_steps=32, temperature=1.0))
     rc = default_refiner_config()
-    rc.update(dict(chat=True, max_revisions=1, force_revise_rate=1.0))
-    engine = rollout_lib.RolloutEngine(cfg, tok, retriever, config,
-                                       refiner_lib.MetaRefiner(cfg, tok, rc, max_turns=config.max_turns))
+    rc.update(dict(chat=True, max_revisions=1))
+    refiner = ForcedRefiner(refiner_lib.MetaRefiner(cfg, tok, rc, max_turns=config.max_turns), rate=1.0)
+    engine = rollout_lib.RolloutEngine(cfg, tok, retriever, config, refiner)
     examples = world.splits["dev"][:3]
     jobs = make_jobs(examples, tok, chat=True)
     out = engine.run(params, jobs, jax.random.key(0), use_refiner=True)
