@@ -48,18 +48,15 @@ def load_agent(config: ml_collections.ConfigDict, workdir: str | None = None, st
         if not data_files(config.data.eval_files):
             raise ValueError("data.eval_files is empty: evaluating an HF model needs QA files (the synthetic world "
                              "is evaluated from a training workdir)")
-        from searchr2_jax.models import hf_io, sharding
-        from searchr2_jax.models.config import DecoderConfig
+        from searchr2_jax.models import sharding
         from searchr2_jax.retrieval.retriever import build_retriever
-        from searchr2_jax.text.tokenizer import load_tokenizer
 
-        m = config.model
+        tokenizer = components.load_tokenizer(config, None, "")
         mesh = sharding.make_mesh(config.mesh, jax.devices())
-        cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, logits_chunk=m.logits_chunk)
-        cfg, params = hf_io.load_params(m.hf_path, cfg, shardings=sharding.param_shardings(cfg, mesh))
+        cfg, params = components.load_model(config, len(tokenizer), mesh, jax.random.key(0))
         retriever = build_retriever(config.retrieval)
-        engine = RolloutEngine(cfg, load_tokenizer(m.tokenizer), retriever, config.rollout, None, mesh=mesh)
-        model, world = m.hf_path, None
+        engine = RolloutEngine(cfg, tokenizer, retriever, config.rollout, None, mesh=mesh)
+        model, world = config.model.hf_path, None
     cached = CachedRetriever(retriever, cache_dir, describe(retriever, config.retrieval))
     engine.retriever = cached
     return Agent(engine, params, cached, model, world)
