@@ -10,6 +10,7 @@ from searchr2_jax.benchmarks.engines import ForcedRefiner, ReprefillEngine
 from ..rollout.test_rollout import FakeRetriever, engine, jobs
 
 
+@pytest.mark.slow
 def test_the_reprefill_baseline_rolls_out_the_same_trajectories_and_appends_whole_conversations():
     eng, params = engine()
     base = ReprefillEngine(eng.cfg, eng.tokenizer, FakeRetriever(), eng.config)
@@ -27,6 +28,7 @@ def test_the_reprefill_baseline_rolls_out_the_same_trajectories_and_appends_whol
     assert searches > 0 and extra >= searches * min(len(j.prompt_ids) for j in prompts)
 
 
+@pytest.mark.slow
 def test_forced_revisions_revise_at_the_rate_and_are_recorded_as_forced():
     eng, params = engine(refiner=True, refiner_choice="0", slots=8)
     eng.refiner = ForcedRefiner(eng.refiner, rate=1.0)
