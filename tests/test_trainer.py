@@ -333,6 +333,7 @@ def test_real_data_needs_a_real_tokenizer_and_corpus():
     validate_config(c, num_devices=1)
 
 
+@pytest.mark.slow
 def test_real_data_warm_start_batches_are_one_search_demos_of_found_answers(tmp_path):
     """data.train_files + sft.steps: each SFT row is a demo whose answer the training retriever found, the loss on
     the model's two turns only, and the batch a pure function of (seed, step)."""

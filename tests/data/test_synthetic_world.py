@@ -81,6 +81,7 @@ def test_write_world_round_trips_through_the_qa_reader(world, tmp_path):
     assert generate_world(load_world_config(paths["world"])).questions == world.questions
 
 
+@pytest.mark.slow
 def test_prepare_data_launcher(tmp_path):
     launcher = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "prepare_data.py")
     cmd = [sys.executable, launcher, f"--out_dir={tmp_path}", "--num_people=100", "--num_companies=20",

@@ -117,6 +117,7 @@ def test_cached_decoding_equals_full_forward(name, per_layer):
     np.testing.assert_array_equal(np.asarray(cache.lengths), pos + np.asarray(valid.sum(1)))
 
 
+@pytest.mark.slow
 def test_left_padded_prefill_matches_unpadded():
     cfg = _tiny()
     params = decoder.init_params(cfg, jax.random.key(0))
@@ -132,6 +133,7 @@ def test_left_padded_prefill_matches_unpadded():
     np.testing.assert_allclose(full[0, 5:], ref[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_packed_branches_read_their_shared_prefix_as_the_standalone_sequences_do():
     """Row [a b c d | x y | z]: segment 0 is `a b c d`, branch 1 `x y` continues `a b` (shared range [0, 2)),
     branch 2 `z` stands alone. Each token's logits equal those of its own standalone sequence."""
@@ -151,6 +153,7 @@ def test_packed_branches_read_their_shared_prefix_as_the_standalone_sequences_do
         np.testing.assert_allclose(packed[0, jnp.asarray(at_row)], ref[0, jnp.asarray(at_seq)], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remat_and_bf16_run():
     cfg = _tiny(remat=True, dtype="bfloat16")
     params = decoder.init_params(cfg, jax.random.key(0))

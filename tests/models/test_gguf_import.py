@@ -173,6 +173,7 @@ def _biased_llama():
     return cfg, hf_io.to_hf_tensors(cfg, decoder.init_params(cfg, jax.random.key(3)))
 
 
+@pytest.mark.slow
 def test_gguf_bias_tensors_become_a_biased_llama(tmp_path):
     cfg, tensors = _biased_llama()
     path = _write_gguf(tmp_path / "biased.gguf", cfg, tensors)

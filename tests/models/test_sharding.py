@@ -103,6 +103,7 @@ def test_unmatched_parameter_names_it():
     assert specs[1]["count"] == P()
 
 
+@pytest.mark.slow
 def test_every_bias_and_norm_matches_a_named_rule_and_shards_like_its_weight(tmp_path):
     """Every parameter of configs with every optional module matches a rule before the catch-all; the biased model
     placed by those rules (and loaded from HF into them) computes what it does on one device."""

@@ -33,6 +33,7 @@ def ours(backend):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_our_client_and_server_give_the_in_process_passages(ours, corpus_records):
     backend, url = ours
     client = HttpRetriever(url, timeout_s=10, retries=0)

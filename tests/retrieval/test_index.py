@@ -149,6 +149,7 @@ def test_stopped_build_resumes_without_reencoding(tmp_path, corpus_path, encoder
     assert [row[0].id for row in r.search(_titles(corpus), k=1)] == [f"doc{i}" for i in range(12)]
 
 
+@pytest.mark.slow
 def test_crashed_build_resumes_from_the_last_checkpoint(tmp_path, corpus_path, encoder):
     corpus = open_corpus(corpus_path)
     out = str(tmp_path / "idx")

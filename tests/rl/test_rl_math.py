@@ -99,6 +99,7 @@ def test_kl_term_and_masked_tokens_get_zero_gradient():
     assert float(grad[0, 1]) == 0.0 and float(grad[0, 0]) != 0.0
 
 
+@pytest.mark.slow
 def test_micro_batched_sums_equal_the_global_mean():
     cfg = default_loss_config()
     rng = np.random.default_rng(1)

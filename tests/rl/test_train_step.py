@@ -241,6 +241,7 @@ def test_sequence_logprobs_align_with_tokens():
     np.testing.assert_array_equal(np.asarray(lp[:, 0]), 0.0)
 
 
+@pytest.mark.slow
 def test_sft_step_learns_a_repeated_batch():
     state, opt = _state(kl=0.0)
     sft = jax.jit(make_sft_step(CFG, opt, num_micro=2))

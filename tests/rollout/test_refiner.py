@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from searchr2_jax.models import decoder
 from searchr2_jax.models.config import DecoderConfig
@@ -14,6 +15,7 @@ from . import scripted
 TOK = scripted.tokenizer()
 
 
+@pytest.mark.slow
 def test_multi_token_candidates_are_scored_token_by_token_and_batched_that_way():
     cfg = DecoderConfig(vocab_size=len(TOK), hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                         head_dim=16, intermediate_size=64, tie_word_embeddings=True)

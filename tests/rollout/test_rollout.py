@@ -91,6 +91,7 @@ def test_one_retrieval_call_per_segment_for_all_searching_rows():
     assert ret.calls == [["alpha"] * 4]
 
 
+@pytest.mark.slow
 def test_invalid_action_gets_the_message_then_continues():
     eng, params = engine()
     (t,) = eng.run(params, jobs("bad"), jax.random.key(0)).trajectories
@@ -100,6 +101,7 @@ def test_invalid_action_gets_the_message_then_continues():
     assert t.status == T.ANSWERED
 
 
+@pytest.mark.slow
 def test_budget_and_turn_limits_and_long_prompts():
     # After an information block this script searches again, forever: the turn limit ends it.
     eng, params = engine(max_turns=2, script={**scripted.SCRIPT, "</information>": "<search>"})
@@ -139,6 +141,7 @@ def test_more_jobs_than_slots_all_finish_in_order():
 
 
 @pytest.mark.parametrize("prompt", ["followup", "table12"])
+@pytest.mark.slow
 def test_refiner_cut_keeps_turns_before_the_flagged_step(prompt):
     # The refiner prompt ends with "issue):", which the script follows with "2": cut at step 2.
     eng, params = engine(refiner=True, refiner_choice="2", prompt=prompt)
@@ -168,6 +171,7 @@ def test_refiner_cut_at_step_one_regenerates_from_the_prompt(prompt):
 
 
 @pytest.mark.parametrize("prompt", ["followup", "table12"])
+@pytest.mark.slow
 def test_refiner_that_accepts_equals_actor_only_and_n_max_bounds_revisions(prompt):
     eng0, params = engine(refiner=True, refiner_choice="0", prompt=prompt)
     base_eng, _ = engine()

@@ -131,6 +131,7 @@ def test_draws_are_jax_random_categorical_and_argmax_first_breaks_ties_like_argm
     np.testing.assert_array_equal(np.asarray(sampler.argmax_first(ties)), np.asarray(jnp.argmax(ties, axis=-1)))
 
 
+@pytest.mark.slow
 def test_decoding_a_subset_of_slots_equals_decoding_all_and_leaves_the_rest_untouched():
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
     sp = sampler.sampling_params(1.0)  # sampled, so the per-slot keys are what makes the rows agree
@@ -157,6 +158,7 @@ def test_decoding_a_subset_of_slots_equals_decoding_all_and_leaves_the_rest_unto
         assert sub.cache.lengths[b] == before.cache.lengths[b]
 
 
+@pytest.mark.slow
 def test_segment_ends_once_enough_rows_have_stopped():
     prompt = [1, 2, 3]
     cont = _argmax_continuation(prompt, 4)[3:]
@@ -169,6 +171,7 @@ def test_segment_ends_once_enough_rows_have_stopped():
     assert int(steps) == 10 and int(state.length[1]) == 12  # without exit_stops: the full segment
 
 
+@pytest.mark.slow
 def test_windowed_append_equals_an_append_over_the_whole_cache():
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     obs = np.asarray([[11, 12, 13], [16, 17, 0]], np.int32)
