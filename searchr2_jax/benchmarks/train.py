@@ -1,6 +1,7 @@
 """Training-step benchmark: a whole RL step (rollout + reward + train step) for the SmolLM2-135M-Instruct model on the
 synthetic world, Search-R1 (refiner off) against Search-R2 (refiner on, forced to revise 30% of trajectories as
-`engines.ForcedRefiner` does; meta-actions trained), same prompts, same n, in one process. Each variant is timed on its second step so compilation is excluded.
+`engines.ForcedRefiner` does; meta-actions trained), same prompts, same n, in one process. Each variant is timed on
+its second step so compilation is excluded.
 
   step_time_r1, step_time_r2   seconds per RL step
   r2_overhead                  step_time_r2 / step_time_r1 - 1 (the paper reports +5% on average, Table 5)

@@ -101,6 +101,12 @@ class MetaRefiner:
         self._followups = {}
 
     @property
+    def single_token_ids(self) -> np.ndarray | None:
+        """The candidates' ids [C] when every integer is one token (the usual case: each is read from one next-token
+        distribution), else None."""
+        return np.asarray([c[0] for c in self.candidate_ids], np.int32) if self.max_candidate_len == 1 else None
+
+    @property
     def followup(self) -> bool:
         return self.config.prompt == "followup"
 
@@ -161,14 +167,13 @@ class MetaRefiner:
             return np.concatenate(parts)
         n, T1 = len(prompts), self.max_turns + 1
         out = np.full((n, T1), -np.inf, np.float32)
-        if self.max_candidate_len == 1:  # the usual case: every integer is one token, one row per prompt
+        if self.single_token_ids is not None:  # one row per prompt
             L, N = bucket(max(map(len, prompts))), bucket(n, minimum=1)
             tokens, mask = np.zeros((N, L), np.int32), np.zeros((N, L), bool)
             for r, p in enumerate(prompts):
                 tokens[r, :len(p)], mask[r, :len(p)] = p, True
-            cands = np.asarray([c[0] for c in self.candidate_ids], np.int32)
-            out = self.own_steps(np.asarray(_prompt_end_logprobs(self.cfg, params, tokens, mask, cands))[:n],
-                                 num_steps)
+            lp = _prompt_end_logprobs(self.cfg, params, tokens, mask, self.single_token_ids)
+            out = self.own_steps(np.asarray(lp)[:n], num_steps)
             return (out, out[..., None]) if per_token else out
         rows = [(i, j) for i, t in enumerate(num_steps) for j in range(t + 1)]
         L = bucket(max(len(prompts[i]) + len(self.candidate_ids[j]) for i, j in rows))
@@ -200,9 +205,9 @@ class MetaRefiner:
         prompts = [self.prompt_ids(t, s) for t, s in zip(trajectories, step_texts)]
         num_steps = [len(s) for s in step_texts]
         t0 = time.perf_counter()
-        if in_slots is not None and self.followup and self.max_candidate_len == 1:
-            first = np.asarray([c[0] for c in self.candidate_ids], np.int32)
-            scores = self.own_steps(in_slots([self.followup_ids(t) for t in num_steps], first), num_steps)
+        if in_slots is not None and self.followup and self.single_token_ids is not None:
+            scores = self.own_steps(in_slots([self.followup_ids(t) for t in num_steps], self.single_token_ids),
+                                    num_steps)
             token_scores = scores[..., None]
         else:
             scores, token_scores = self.score(params, prompts, num_steps, batch=self.config.score_batch or None,
