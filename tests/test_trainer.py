@@ -13,7 +13,6 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from jax._src import compilation_cache
 
 from configs import smoke
 
@@ -49,23 +48,7 @@ def one_device():
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for this module only (the Trainers jit the same programs)."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(compile_cache, tmp_path_factory):
+def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     final = Trainer(tiny_config(), workdir, devices=one_device()).run()
     return workdir, final
@@ -144,7 +127,7 @@ def test_interrupted_runs_resume_and_reproduce_the_uninterrupted_run(uninterrupt
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-8)
 
 
-def test_sft_batches_are_a_function_of_seed_and_step(compile_cache, tmp_path):
+def test_sft_batches_are_a_function_of_seed_and_step(tmp_path):
     trainer = Trainer(tiny_config(), str(tmp_path), devices=one_device())
     first = [trainer.sft_batches(step) for step in range(3)]
     resumed = Trainer(tiny_config(), str(tmp_path), devices=one_device()).sft_batches(2)  # a fresh process, mid-stream
@@ -155,7 +138,7 @@ def test_sft_batches_are_a_function_of_seed_and_step(compile_cache, tmp_path):
     assert not np.array_equal(first[0][0], first[1][0])
 
 
-def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(compile_cache, tmp_path):
+def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(tmp_path):
     c = tiny_config()
     c.sft.update(dict(fresh_names=True, copy_steps=1))
     trainer = Trainer(c, str(tmp_path), devices=one_device())
@@ -176,7 +159,7 @@ def test_fresh_name_sft_batches_and_copy_drills_name_no_entity_of_the_world(comp
         assert subject, (question, turn)
 
 
-def test_a_demonstrator_that_stops_early_teaches_the_actor_its_early_answers(compile_cache, tmp_path):
+def test_a_demonstrator_that_stops_early_teaches_the_actor_its_early_answers(tmp_path):
     c = tiny_config()
     c.sft.update(dict(stop_early_fraction=1.0, flawed_fraction=0.0, refiner_fraction=0.0, seq_len=768))
     trainer = Trainer(c, str(tmp_path), devices=one_device())
@@ -371,7 +354,7 @@ def test_real_data_warm_start_batches_are_one_search_demos_of_found_answers(tmp_
 
 
 @pytest.mark.slow  # its own compile of the critic path: ~15 s on 2 CPU cores
-def test_ppo_with_a_critic_trains_the_value_head(compile_cache, tmp_path):
+def test_ppo_with_a_critic_trains_the_value_head(tmp_path):
     """algo=ppo: values from the value head, GAE over the loss tokens, and a train step that moves the critic."""
     c = tiny_config("sft_steps=0,steps=1")
     c.rl.algo = "ppo"
@@ -402,7 +385,7 @@ def test_ppo_with_a_critic_trains_the_value_head(compile_cache, tmp_path):
 
 
 @pytest.mark.slow  # its own compiles, in bfloat16: ~30 s on 2 CPU cores
-def test_recomputed_old_logprobs_start_the_ratio_at_one_under_bfloat16(compile_cache, tmp_path):
+def test_recomputed_old_logprobs_start_the_ratio_at_one_under_bfloat16(tmp_path):
     """bf16 decoding through the KV cache and the bf16 full forward of training disagree: with
     rl.recompute_old_logprobs ('auto' is on for bf16) pi_old is the training program's, and the ratio starts at 1."""
     c = tiny_config("sft_steps=0,steps=1")

@@ -17,7 +17,6 @@ from searchr2_jax.rollout import dump
 from searchr2_jax.rollout import types as T
 from searchr2_jax.text import protocol
 
-from tests.test_trainer import compile_cache  # noqa: F401 (a fixture: the trainer test's compilation cache)
 
 from . import scripted
 from . import trajectories as tr
@@ -144,7 +143,6 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # two tiny training runs, the second from the first's compilation cache: ~1 min on 2 CPU cores
-@pytest.mark.usefixtures("compile_cache")
 def test_a_trainer_run_writes_its_dumps_and_computes_what_a_run_without_them_does(tmp_path):
     from searchr2_jax.trainer import Trainer
     from tests.test_trainer import by_step, is_timing, one_device, tiny_config
