@@ -78,6 +78,7 @@ def main(argv):
         raise app.UsageError("--config and --out are needed (or --compare)")
     import jax
 
+    from searchr2_jax import components
     from searchr2_jax.eval import evaluate as eval_lib
     from searchr2_jax.eval import loading
     from searchr2_jax.eval import table as table_lib
@@ -91,6 +92,7 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--methods: {unknown} not in {eval_lib.METHODS}")
     config = _CONFIG.value
+    logging.info("compilation cache: %s", components.use_compile_cache(config) or "off")
     t0 = time.time()
     agent = loading.load_agent(config, _WORKDIR.value, _STEP.value, _CACHE.value)
     examples = loading.eval_examples(config, _LIMIT.value, agent.world)

@@ -16,7 +16,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `configs` importable
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "learning.py"),
@@ -28,6 +28,7 @@ _QUICK = flags.DEFINE_bool("quick", False, "the whole pipeline at toy sizes (the
 
 def main(argv):
     del argv
+    from searchr2_jax import components
     from searchr2_jax.experiment import run_experiment
     from searchr2_jax.metrics import configure_logging
 
@@ -38,6 +39,7 @@ def main(argv):
         module = config_flags.config_flags._LoadConfigModule("experiment_config", path.split(":")[0])  # noqa: SLF001
         arg = path.partition(":")[2]
         config = module.get_config(",".join(filter(None, [arg, "quick=1"])))
+    logging.info("compilation cache: %s", components.use_compile_cache(config) or "off")
     summary = run_experiment(config, _OUT.value)
     print(open(os.path.join(_OUT.value, "table.md")).read())
     print(json.dumps({k: v for k, v in summary.items() if k.endswith("_em")}, indent=1))

@@ -35,10 +35,12 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
+    from searchr2_jax import components
     from searchr2_jax.checkpoint import CheckpointError
     from searchr2_jax.trainer import Trainer
 
-    logging.info("devices: %s", jax.devices())
+    logging.info("devices: %s; compilation cache: %s", jax.devices(),
+                 components.use_compile_cache(_CONFIG.value) or "off")
     trainer = Trainer(_CONFIG.value, _WORKDIR.value)
     try:
         final = trainer.run(restore_step=_RESTORE_STEP.value)

@@ -18,6 +18,7 @@ from searchr2_jax.data import qa as qa_lib
 from searchr2_jax.data import synthetic
 from searchr2_jax.models import decoder, hf_io, sharding
 from searchr2_jax.models.config import DecoderConfig
+from searchr2_jax.retrieval import wiki
 from searchr2_jax.retrieval.retriever import build_retriever
 from searchr2_jax.retrieval.types import Retriever
 from searchr2_jax.rl import judges
@@ -53,6 +54,17 @@ def run_keys(seed: int) -> RunKeys:
     """The PRNG keys of a run with `seed` (the trainer's, and any evaluation that must draw as the trainer does)."""
     data, init, state = jax.random.split(jax.random.key(seed), 3)
     return RunKeys(data=data, init=init, state=state, eval=jax.random.fold_in(data, 2**32 - 1))
+
+
+def use_compile_cache(config: ml_collections.ConfigDict) -> str:
+    """Turns on JAX's persistent compilation cache for this process when `config.compile_cache` says so (before
+    anything compiles), in the folder JAX_COMPILATION_CACHE_DIR names, else $SEARCHR2_CACHE/jax; returns the folder
+    in use ("" = off). Entries are keyed by the program, compiler and devices, so a hit is the same executable."""
+    if config.compile_cache and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(wiki.default_cache_dir(), "jax"))
+        # Every program, not only those over JAX's one-second default: a run's many short compiles add up.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return jax.config.jax_compilation_cache_dir or ""
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, devices=None, rng: jax.Array | None = None) -> Components:

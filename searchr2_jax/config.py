@@ -156,6 +156,10 @@ def default_sentinel_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # The launchers keep compiled programs on disk (components.use_compile_cache): in JAX_COMPILATION_CACHE_DIR
+    # when it is set, else in $SEARCHR2_CACHE/jax (default ~/.cache/searchr2_jax/jax). Every Trainer jits closures
+    # of its own, so without it a later arm, evaluation or rerun compiles again what an earlier one compiled.
+    c.compile_cache = True
     c.variant = "search_r2"
     c.data = ml_collections.ConfigDict(dict(
         world=dict(),  # synthetic.WorldConfig fields; {} = the default world (~2k entities, 10k questions)
