@@ -10,12 +10,15 @@ from searchr2_jax.rollout import types as T
 
 @pytest.mark.slow
 def test_quick_suite_finds_no_crash_no_wrong_answer_and_every_bad_checkpoint_refused(monkeypatch):
-    # The kill tests' own quick run is checked in test_checkpoint_kill.py; here only that the suite runs it.
+    # The kill figures are checked by their own runs (test_checkpoint_kill.py and the retrieval-kill test below);
+    # here only that the suite runs them.
     calls = []
     monkeypatch.setattr(reliability.checkpoint_kill, "checkpoint_kill_figures",
                         lambda quick: calls.append(quick) or {"checkpoint_kill_points_tried": 3})
+    monkeypatch.setattr(reliability, "retrieval_kill_figures",
+                        lambda: calls.append("retrieval") or {"retrieval_kill_rows_lost": 0})
     figures = reliability.run(quick=True)
-    assert calls == [True] and figures["checkpoint_kill_points_tried"] == 3
+    assert calls == ["retrieval", True] and figures["checkpoint_kill_points_tried"] == 3
     assert {"server_fuzz_requests", "server_crashes", "server_wrong_answers", "fuzz_cases", "fuzz_crashes",
             "fuzz_hangs", "fuzz_violations", "fuzz_rows_lost", "fuzz_hostile_kinds", "retrieval_kill_rows_lost",
             "loader_bad_checkpoints_tried", "loader_unconsumed_tensor_errors", "sentinel_detects_injected_collapse",
