@@ -36,7 +36,7 @@ setup(
     install_requires=CORE,
     extras_require={
         # torch is a parity reference for tests only; never imported by the package.
-        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "torch==2.13.0"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17", "torch==2.13.0"],
         "gpu": ["jax[cuda12]==0.10.2"],
         "tpu": ["jax[tpu]==0.10.2"],
     },

@@ -29,6 +29,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores (CI still runs it)")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """One test process per core, as memory allows: a process holds a few GiB at its peak (paper-sized programs
+    compiled abstractly, a whole trainer, 8 fake devices)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        gib = 8
+    return max(1, min(cores, int(gib // 8)))
+
+
 def pytest_unconfigure(config):
     if _FRESH_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
