@@ -17,7 +17,6 @@ from searchr2_jax.rollout import dump
 from searchr2_jax.rollout import types as T
 from searchr2_jax.text import protocol
 
-
 from . import scripted
 from . import trajectories as tr
 
