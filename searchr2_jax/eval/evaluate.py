@@ -114,8 +114,8 @@ def baseline_records(engine: RolloutEngine, params, examples: Sequence[QAExample
     style="flashrag": the question alone (direct), or the top-k passages and the question (rag), under a plain
     instruction to give only the answer; the reply's first line is the answer (or its `<answer>` span, if it writes
     one). The reply gets `engine.config.max_obs_tokens` of passages and 32 new tokens. `shots`: (question, answer)
-    pairs written before the question as `Question: …\nAnswer: …` lines (training examples: they show a small model
-    the shape of an answer)."""
+    pairs before the question (training examples: they show a small model the shape of an answer), as earlier
+    turns of the chat with `chat`, else as `Question: …\nAnswer: …` lines."""
     retriever, k, chat, style, shots = options.retriever, options.k, options.chat, options.style, options.shots
     if method not in BASELINES:
         raise ValueError(f"baseline {method!r}: expected one of {BASELINES}")
@@ -170,13 +170,14 @@ def _flashrag_records(engine: RolloutEngine, params, chunk, passages, chat: bool
     tok, c = engine.tokenizer, engine.config
     systems = [DIRECT_INSTRUCTION if p is None else
                RAG_INSTRUCTION.format(reference=rag_reference(tok, p, c.max_obs_tokens)) for p in passages]
-    examples = "".join(f"Question: {protocol.normalize_question(q)}\nAnswer: {a}\n\n" for q, a in shots)
-    users = [f"{examples}Question: {protocol.normalize_question(ex.question)}" for ex in chunk]
-    if chat:  # FlashRAG's chat prompt is the bare question; after examples, the same cue they answered
-        users = [u + "\nAnswer:" for u in users] if shots else users
-        replies = generate(engine.cfg, params, tok, users, chat=True, system=systems,
+    questions = [f"Question: {protocol.normalize_question(ex.question)}" for ex in chunk]
+    if chat:  # FlashRAG's chat prompt is the bare question; examples are earlier turns of the conversation
+        history = [(f"Question: {protocol.normalize_question(q)}", a) for q, a in shots]
+        replies = generate(engine.cfg, params, tok, questions, chat=True, system=systems, history=history,
                            max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)
     else:
+        examples = "".join(f"Question: {protocol.normalize_question(q)}\nAnswer: {a}\n\n" for q, a in shots)
+        users = [examples + q for q in questions]
         replies = generate(engine.cfg, params, tok, [f"{s}\n\n{u}\nAnswer:" for s, u in zip(systems, users)],
                            chat=False, max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)
     out = []

@@ -29,12 +29,15 @@ class Reply:
         return int(self.trajectory.loss_mask.sum())
 
 
-def chat_text(tokenizer, user: str, system: str | None = None) -> str:
-    """`user` as one chat message through the tokenizer's template, ready for the assistant's reply."""
+def chat_text(tokenizer, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+    """`user` as a chat message through the tokenizer's template, ready for the assistant's reply; `history`:
+    earlier (user, assistant) exchanges before it (few-shot examples as turns of the conversation)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_text needs a tokenizer with a chat_template (pass chat=False for raw prompts)")
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    for u, a in history:
+        messages += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    messages.append({"role": "user", "content": user})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -50,14 +53,18 @@ class GenerationSettings:
 
 
 def generate(cfg: DecoderConfig, params, tokenizer, prompts: Sequence[str], *, chat: bool = True,
-             system: str | Sequence[str] | None = None, mesh=None, **settings) -> list[Reply]:
+             system: str | Sequence[str] | None = None, history: Sequence[tuple[str, str]] = (), mesh=None,
+             **settings) -> list[Reply]:
     """Replies to `prompts` in order (through the chat template when `chat`); `system` is one system message for
-    every prompt or one per prompt. `settings`: the fields of `GenerationSettings`, by keyword."""
+    every prompt or one per prompt, and `history` (chat only) the (user, assistant) turns before each prompt.
+    `settings`: the fields of `GenerationSettings`, by keyword."""
     s = GenerationSettings(**settings)
     systems = [system] * len(prompts) if system is None or isinstance(system, str) else list(system)
     if len(systems) != len(prompts):
         raise ValueError(f"generate: {len(systems)} system messages for {len(prompts)} prompts")
-    texts = [chat_text(tokenizer, p, sm) if chat else p for p, sm in zip(prompts, systems)]
+    if history and not chat:
+        raise ValueError("generate: history turns need chat=True")
+    texts = [chat_text(tokenizer, p, sm, history) if chat else p for p, sm in zip(prompts, systems)]
     ids = [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
     config = default_rollout_config()
     config.update(dict(slots=max(1, min(s.slots, len(ids))), max_turns=1,

@@ -100,6 +100,16 @@ def test_few_shot_examples_precede_the_question_in_the_flashrag_prompts_only(mon
     assert prompts[0] == (eval_lib.DIRECT_INSTRUCTION + "\n\nQuestion: which river is longest?\nAnswer: nile\n\nQuestion: who wrote hamlet?\n"
                           "Answer: shakespeare\n\nQuestion: which capital city is number 0?\nAnswer:")
     assert len(recs) == 2
+    # With the chat template, the examples are earlier turns of the conversation, and the prompt is the question.
+    calls = []
+    monkeypatch.setattr(generate_lib, "generate", lambda cfg, params, tok, users, **kw: calls.append((users, kw))
+                        or real(cfg, params, tok, users, **dict(kw, chat=False, system=None, history=())))
+    eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng,
+                              eval_lib.BaselineOptions(chat=True, style="flashrag", shots=shots))
+    (users, kw), = calls
+    assert users == ["Question: which capital city is number 0?", "Question: which capital city is number 1?"]
+    assert kw["chat"] and kw["history"] == [("Question: which river is longest?", "nile"),
+                                            ("Question: who wrote hamlet?", "shakespeare")]
     with pytest.raises(ValueError, match="flashrag"):
         eval_lib.baseline_records(s.engine, s.params, exs, "direct", s.rng,
                                   eval_lib.BaselineOptions(style="protocol", shots=shots))
