@@ -96,6 +96,11 @@ def default_refiner_config() -> ml_collections.ConfigDict:
         # table12 prompts (or a refiner with its own params) are scored in passes of at most this many prompts
         # (0 = all finished trajectories in one pass): a pass holds every row's activations on every device.
         score_batch=0,
+        # The paper is ambiguous on whether a revised draft stays in its GRPO group (reference §9.2). False: the
+        # revision replaces it (Eq. 2 and 4, G samples a group). True: the draft is trained on too, as one more
+        # member of its group with its own reward (App. G counts "initial + refined" trajectories a step), so the
+        # Actor still sees the failures the refiner cut.
+        train_drafts=False,
     ))
 
 

@@ -36,6 +36,7 @@ from searchr2_jax.rl import sentinel as sentinel_lib
 from searchr2_jax.rl import state as state_lib
 from searchr2_jax.rl.train_step import StepBatch, jit_values, make_sft_step, make_train_step
 from searchr2_jax.rollout import dump as dump_lib
+from searchr2_jax.rollout import types as rollout_types
 
 __all__ = ["ConfigError", "Trainer", "validate_config"]
 
@@ -153,15 +154,27 @@ class Trainer:
                 trajs, self.tokenizer, self.config.train.sentinel)
         return trajs, reward, _across_processes(dict(out.metrics, **reward_metrics))
 
-    def step_batch(self, trajs, reward) -> tuple[StepBatch, dict]:
-        """The RL step's batch of these trajectories and its metrics (rl/batch.py)."""
+    def with_drafts(self, trajs, reward) -> tuple[list, np.ndarray]:
+        """The trajectories the RL step trains on and their rewards: the rollout's, and with `refiner.train_drafts`
+        the drafts the refiner revised too (as many as `rollout/revision_rate` says), each scored like any
+        trajectory. The step's reward metrics stay those of the final trajectories."""
+        if not self.config.refiner.train_drafts:
+            return trajs, reward
+        drafts = rollout_types.draft_trajectories(trajs)
+        if not drafts:
+            return trajs, reward
+        draft_reward = scoring.score_rollouts(drafts, self.judge, self.config.reward)[0]
+        return list(trajs) + drafts, np.concatenate([reward, draft_reward])
+
+    def step_batch(self, trajs, reward, jobs: int | None = None) -> tuple[StepBatch, dict]:
+        """The RL step's batch of these trajectories and its metrics (rl/batch.py; `jobs` as there)."""
         values = None
         if self.config.rl.algo == "ppo":
             params = self.local_params()
             values = lambda tokens, valid: self._values(params, tokens, valid)  # noqa: E731
         agree = _max_over_processes if self.num_processes > 1 else None
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        return batch_lib.step_batch(trajs, reward, self.config, shards, values=values, agree=agree)
+        return batch_lib.step_batch(trajs, reward, self.config, shards, values=values, agree=agree, jobs=jobs)
 
     def diagnostics(self, step: int) -> dict:
         """The Meta-Refiner's Prop. 4.1 / 4.2 terms (`rl/diagnostics.py`) on `train.diagnostics_prompts` training
@@ -289,7 +302,7 @@ class Trainer:
                 if self.num_processes > 1:  # hosts roll out different prompts: give them different samples too
                     rng = jax.random.fold_in(rng, self.process_index)
                 trajs, reward, metrics = self.rollout_and_score(self.local_params(), batch, rng)
-                step_batch, batch_metrics = self.step_batch(trajs, reward)
+                step_batch, batch_metrics = self.step_batch(*self.with_drafts(trajs, reward), jobs=len(trajs))
                 step_batch = sharding.host_local_to_global(step_batch, self.mesh)
                 metrics.update(batch_metrics)
                 self.state, step_metrics = self.train_step(self.state, step_batch)

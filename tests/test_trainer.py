@@ -231,6 +231,42 @@ def test_retrieval_errors_get_no_loss_weight_and_stay_out_of_the_statistics(mode
                                rtol=1e-6)
 
 
+def test_trained_drafts_join_their_group_and_leave_the_meta_rows_sized_by_jobs():
+    """`refiner.train_drafts`: a revised draft is one more member of its GRPO group, scored like any trajectory;
+    the step's meta rows are still sized by the rollout's jobs (drafts carry no meta-action)."""
+    import types
+
+    from searchr2_jax.rl import judges
+
+    c = tiny_config()
+    c.train.pack_rows = False
+    c.refiner.update(dict(prompt="table12", train_drafts=True))
+    c.reward.update(dict(judge="none", outcome_only=True))
+    finals = _trajs([T.ANSWERED] * 4, [0, 0, 1, 1])
+    finals[1].answer = "yes"
+    finals[1].job.golden_answers = ("yes",)
+    d = finals[1]
+    d.drafts = [T.Draft(d.response_ids[:3], [], T.ANSWERED, "no", d.logprobs[:3], d.loss_mask[:3])]
+    reward = np.asarray([0.0, 1.0, 1.0, 0.0], np.float32)
+    host = types.SimpleNamespace(config=c, judge=judges.make_judge("none"))
+    trajs, rewards = Trainer.with_drafts(host, finals, reward)
+    assert len(trajs) == 5 and trajs[4].job is d.job and not trajs[4].meta_actions
+    np.testing.assert_array_equal(rewards, [0.0, 1.0, 1.0, 0.0, 0.0])  # the draft answered "no": EM 0
+    sb, _ = batch_lib.step_batch(trajs, rewards, c, shards=1, jobs=len(finals))
+    adv, mask = np.asarray(sb.advantages), np.asarray(sb.loss_mask)
+    per_row = [adv[r, mask[r] > 0] for r in range(5)]
+    assert all(len(a) and np.ptp(a) == 0 for a in per_row)  # one advantage per trajectory, on its loss tokens
+    # group 0 is now the two finals and the draft: rewards 0, 1, 0
+    expected = np.asarray(adv_lib.sequence_advantages(rewards, np.asarray([0, 0, 1, 1, 0]),
+                                                      normalize_std=c.rl.normalize_std))
+    np.testing.assert_allclose([a[0] for a in per_row], expected, rtol=1e-6)
+    assert expected[4] == expected[0] < 0 < expected[1]
+    assert sb.meta_rows.tokens.shape[0] == T.meta_rows(len(finals), c.refiner.max_revisions,
+                                                       c.train.micro_batches, 1)
+    c.refiner.train_drafts = False
+    assert Trainer.with_drafts(host, finals, reward) == (finals, reward)
+
+
 # ------------------------------------------------------------------------------------------------ config errors
 
 

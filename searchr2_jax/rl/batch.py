@@ -22,12 +22,15 @@ from searchr2_jax.rollout import types as T
 
 def step_batch(trajs: Sequence[T.Trajectory], reward: np.ndarray, config: ml_collections.ConfigDict, shards: int,
                values: Callable | None = None,
-               agree: Callable[[list[int]], list[int]] | None = None) -> tuple[StepBatch, dict]:
+               agree: Callable[[list[int]], list[int]] | None = None, jobs: int | None = None
+               ) -> tuple[StepBatch, dict]:
     """(StepBatch, metrics) of one step's trajectories and their rewards [N].
 
     `shards`: the mesh's data x fsdp devices, which with `train.micro_batches` every row count must divide.
     `values(tokens, valid)`: the critic's values under the sampling policy (PPO only). `agree(sizes)`: the
-    element-wise largest sizes over processes (multi-host: every host pads to the same shapes); None on one host."""
+    element-wise largest sizes over processes (multi-host: every host pads to the same shapes); None on one host.
+    `jobs`: how many of `trajs` the rollout returned (default all); drafts appended after them for
+    `refiner.train_drafts` carry no meta-action, so the meta rows are sized by the jobs, the same on every host."""
     c = config
     ppo = c.rl.algo == "ppo"
     keep = np.asarray([t.status != T.RETRIEVAL_ERROR for t in trajs], bool)
@@ -37,7 +40,7 @@ def step_batch(trajs: Sequence[T.Trajectory], reward: np.ndarray, config: ml_col
         seq_adv = np.asarray(adv_lib.sequence_advantages(
             jnp.asarray(reward), jnp.asarray(gid), jnp.asarray(keep), normalize_std=c.rl.normalize_std,
             rejection_sampling=c.rl.rejection_sampling))
-    num_meta = T.meta_rows(len(trajs), c.refiner.max_revisions, c.train.micro_batches, shards)
+    num_meta = T.meta_rows(jobs or len(trajs), c.refiner.max_revisions, c.train.micro_batches, shards)
     # A follow-up prompt continues the trajectory: its meta-actions ride in the trajectory's row.
     pack = c.refiner.prompt == "followup"
     # Rows take the finer buckets: a trajectory with a revised draft's branch just past a power of two would

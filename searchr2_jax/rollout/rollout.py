@@ -396,8 +396,9 @@ class RolloutEngine:
             return traj
         j = decision.choice
         # The draft about to be overwritten in the slot, copied off the host array it already sits in.
-        s.drafts.append(T.Draft(np.array(host.tokens[b, :int(host.length[b])], np.int32), list(s.turns), f.status,
-                                f.answer))
+        n = int(host.length[b])
+        s.drafts.append(T.Draft(np.array(host.tokens[b, :n], np.int32), list(s.turns), f.status, f.answer,
+                                np.array(host.logprobs[b, :n], np.float32), np.array(host.loss_mask[b, :n], np.int8)))
         keep = s.turns[j - 1].start  # response tokens before the flawed turn (with their tool outputs)
         s.turns = s.turns[: j - 1]
         s.turn_start = keep

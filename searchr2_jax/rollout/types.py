@@ -68,13 +68,15 @@ class MetaAction:
 @dataclasses.dataclass
 class Draft:
     """A response as it stood when the Meta-Refiner revised it. Its turns from the cut on were discarded and
-    regenerated; the tokens before the cut are the final trajectory's too. Kept for inspection only (the dumps of
-    rollout/dump.py): nothing trains on it."""
+    regenerated; the tokens before the cut are the final trajectory's too. Kept for the dumps of rollout/dump.py,
+    and trained on as a member of its group with `refiner.train_drafts` (`draft_trajectories`)."""
 
     response_ids: np.ndarray  # [n] int32; `turns` index into it
     turns: list[Turn]
     status: str
     answer: str | None = None
+    logprobs: np.ndarray | None = None  # [n] f32, as Trajectory's
+    loss_mask: np.ndarray | None = None  # [n] int8, as Trajectory's
 
 
 @dataclasses.dataclass
@@ -95,6 +97,20 @@ class Trajectory:
     @property
     def searches(self) -> list[Turn]:
         return [t for t in self.turns if t.action == "search"]
+
+
+def draft_trajectories(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
+    """Each revised trajectory's drafts as trajectories of their own: same job (so the same GRPO group), the draft's
+    tokens, sampling log-probs and loss mask, and no meta-actions (the decision that cut a draft trains with the
+    final trajectory it produced)."""
+    out = []
+    for t in trajectories:
+        for k, d in enumerate(t.drafts):
+            if d.logprobs is None or d.loss_mask is None:
+                raise ValueError(f"trajectory {t.job_index}: draft {k} kept no log-probs or loss mask to train on")
+            out.append(Trajectory(t.job_index, t.job, d.response_ids, d.logprobs, d.loss_mask, list(d.turns),
+                                  d.status, d.answer))
+    return out
 
 
 class MetaRows(NamedTuple):

@@ -378,6 +378,31 @@ def test_packed_meta_actions_rebuild_each_refiner_sequence_from_the_row():
             assert extra < sum(len(m.prompt_ids) for m in t.meta_actions)
 
 
+def test_a_revised_draft_becomes_a_trajectory_of_its_group_with_its_own_tokens_and_log_probs():
+    """`refiner.train_drafts`: the draft keeps the log-probs and loss mask it was sampled with; before the cut they
+    are the final trajectory's, and as a trajectory it shares the job (the GRPO group) but no meta-action."""
+    eng, params = engine(refiner=True, refiner_choice="2", max_revisions=2)
+    trajs = eng.run(params, jobs("go", "bad", "go go"), jax.random.key(0)).trajectories
+    drafts = T.draft_trajectories(trajs)
+    assert len(drafts) == sum(len(t.drafts) for t in trajs) > 0
+    pairs = [(t, d, keep) for t in trajs for d, keep in zip(t.drafts, t.kept_tokens)]
+    for (t, d, keep), x in zip(pairs, drafts):
+        assert x.job is t.job and x.job_index == t.job_index and not x.meta_actions and not x.drafts
+        np.testing.assert_array_equal(x.response_ids, d.response_ids)
+        assert len(x.logprobs) == len(x.loss_mask) == len(x.response_ids)
+        assert x.status == d.status and x.answer == d.answer
+        if len(t.drafts) == 1:  # the kept prefix is the final trajectory's, token for token
+            np.testing.assert_array_equal(x.response_ids[:keep], t.response_ids[:keep])
+            np.testing.assert_array_equal(x.logprobs[:keep], t.logprobs[:keep])
+            np.testing.assert_array_equal(x.loss_mask[:keep], t.loss_mask[:keep])
+        # the scripted model generates some tokens; tool output carries no log-prob
+        assert x.loss_mask.any() and (x.logprobs[x.loss_mask == 0] == 0).all() and (x.logprobs <= 0).all()
+    t = next(t for t in trajs if t.drafts)
+    t.drafts[0].logprobs = None
+    with pytest.raises(ValueError, match="draft 0 kept no log-probs"):
+        T.draft_trajectories([t])
+
+
 def test_render_shows_turns_queries_passages_and_refiner_decision():
     from searchr2_jax.rollout.render import render_trajectory
 
