@@ -170,13 +170,16 @@ def _flashrag_records(engine: RolloutEngine, params, chunk, passages, chat: bool
     tok, c = engine.tokenizer, engine.config
     systems = [DIRECT_INSTRUCTION if p is None else
                RAG_INSTRUCTION.format(reference=rag_reference(tok, p, c.max_obs_tokens)) for p in passages]
-    questions = [f"Question: {protocol.normalize_question(ex.question)}" for ex in chunk]
+    def ask(q: str) -> str:
+        return f"Question: {protocol.normalize_question(q)}"
+
+    questions = [ask(ex.question) for ex in chunk]
+    history = [(ask(q), a) for q, a in shots]
     if chat:  # FlashRAG's chat prompt is the bare question; examples are earlier turns of the conversation
-        history = [(f"Question: {protocol.normalize_question(q)}", a) for q, a in shots]
         replies = generate(engine.cfg, params, tok, questions, chat=True, system=systems, history=history,
                            max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)
     else:
-        examples = "".join(f"Question: {protocol.normalize_question(q)}\nAnswer: {a}\n\n" for q, a in shots)
+        examples = "".join(f"{q}\nAnswer: {a}\n\n" for q, a in history)
         users = [examples + q for q in questions]
         replies = generate(engine.cfg, params, tok, [f"{s}\n\n{u}\nAnswer:" for s, u in zip(systems, users)],
                            chat=False, max_new_tokens=FLASHRAG_NEW_TOKENS, slots=c.slots, mesh=engine.mesh)

@@ -78,11 +78,11 @@ def test_chat_template_renders_im_start_turns(model):
     assert text.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     ids = tok.encode(text, add_special_tokens=False)
     assert ids[:3] == [1, 9690, 198] and ids[-4:] == [1, 520, 9531, 198]  # <|im_start|> system \n ... assistant \n
-
     # few-shot examples ride as earlier turns of the same conversation
     shot = chat_text(tok, "Capital of France?", history=[("Capital of Italy?", "Rome")])
     assert shot.endswith("<|im_start|>user\nCapital of Italy?<|im_end|>\n<|im_start|>assistant\nRome<|im_end|>\n"
                          "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n")
+
 
 @pytest.mark.slow
 def test_greedy_smollm2_knows_the_capital_of_france(model):
