@@ -1,6 +1,6 @@
 """The learning experiment's figures and report (`experiment.run_experiment` calls them once every unit is done):
-per-arm test figures with bootstrap intervals, each RL arm's paired gain over the warm start, the issue's goals, and
-the outputs summary.json (its figures), table.md and curves.png.
+per-arm test figures with bootstrap intervals, each RL arm's paired gain over the warm start, Search-R2's difference
+from Search-R1 over questions and seeds, the issue's goals, and the outputs summary.json (its figures), table.md and curves.png.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from searchr2_jax.eval.stats import bootstrap_ci, paired_gain
+from searchr2_jax.eval.stats import arm_difference, bootstrap_ci, paired_gain
 from searchr2_jax.experiment import RL_ARMS
 
 HOPS = (1, 2, 3)
@@ -69,6 +69,9 @@ def goals(s: dict) -> dict:
     if "search_r2_em" in s and "search_r1_em" in s:
         goal("search_r2_vs_r1_1p10", s["search_r2_em"], 1.10 * s["search_r1_em"],
              s["search_r2_em"] >= 1.10 * s["search_r1_em"])
+    if "search_r2_minus_r1_ci95" in s:  # ahead beyond the noise of questions and seeds
+        goal("search_r2_above_r1_beyond_interval", s["search_r2_minus_r1_ci95"][0], 0.0,
+             s["search_r2_minus_r1_ci95"][0] > 0)
     return out
 
 
@@ -149,6 +152,10 @@ def summarize(config: ml_collections.ConfigDict, warm_dir: str, warm_s: float, b
                 for k in results[0]["final_metrics"] if k.startswith("diag/")}
         if diag:
             s[f"{arm}_diagnostics"] = {k: float(np.mean(v)) for k, v in diag.items()}
+    if "search_r1" in arms and "search_r2" in arms:
+        em = {arm: [[r["em"] for r in res["records"]] for res in arms[arm]] for arm in ("search_r1", "search_r2")}
+        diff, lo, hi = arm_difference(em["search_r2"], em["search_r1"], n_boot)
+        s["search_r2_minus_r1"], s["search_r2_minus_r1_ci95"] = diff, [lo, hi]
     s["goals"] = goals(s)
     s["settings"] = settings(config, warm_dir)
     s["deviations"] = list(DEVIATIONS)
@@ -171,6 +178,10 @@ def write_table(path: str, s: dict, config: ml_collections.ConfigDict) -> str:
             lo, hi = s[f"{arm}_gain_ci95"]
             f.write(f"- {arm} gain over the warm start: {s[f'{arm}_gain']:+.3f} (paired 95% CI {lo:+.3f} to "
                     f"{hi:+.3f})\n")
+        if "search_r2_minus_r1" in s:
+            lo, hi = s["search_r2_minus_r1_ci95"]
+            f.write(f"- search_r2 minus search_r1: {s['search_r2_minus_r1']:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, "
+                    "resampling questions and each arm's seeds)\n")
         for name, g in s["goals"].items():
             f.write(f"- {name}: {g['value']:.3f} against {g['target']:.3f}: {'met' if g['met'] else 'NOT met'}\n")
     return table

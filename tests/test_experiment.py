@@ -39,6 +39,11 @@ def test_goals_are_computed_from_the_figures():
     g = experiment_report.goals(s)
     assert g["rl_works"]["met"] and g["search_beats_direct_3x"]["met"] and g["search_beats_rag_multihop"]["met"]
     assert not g["search_r2_vs_r1_1p10"]["met"] and g["search_r2_vs_r1_1p10"]["target"] == pytest.approx(0.385)
+    assert "search_r2_above_r1_beyond_interval" not in g  # no interval, no verdict
+    g = experiment_report.goals(dict(s, search_r2_minus_r1_ci95=[-0.01, 0.03]))
+    assert not g["search_r2_above_r1_beyond_interval"]["met"]
+    assert experiment_report.goals(dict(s, search_r2_minus_r1_ci95=[0.01, 0.03]))[
+        "search_r2_above_r1_beyond_interval"]["met"]
 
 
 def test_arm_configs_share_the_warm_start_and_differ_only_in_rl():
@@ -90,7 +95,10 @@ def test_quick_experiment_writes_its_outputs_and_resumes_an_interrupted_arm(tmp_
     assert s["headroom_sampled_em_on_failures"] <= s["headroom_pass_at_group"]
     assert set(s["goals"]) == {"rl_works", "search_beats_direct_3x", "search_beats_rag_multihop",
                                "search_r2_vs_r1_1p10", "search_r1_gain_beyond_interval",
-                               "search_r2_gain_beyond_interval"}
+                               "search_r2_gain_beyond_interval", "search_r2_above_r1_beyond_interval"}
+    lo, hi = s["search_r2_minus_r1_ci95"]  # over questions and seeds, not the warm start
+    assert lo <= s["search_r2_minus_r1"] <= hi
+    assert s["search_r2_minus_r1"] == pytest.approx(s["search_r2_em"] - s["search_r1_em"])
     for arm in ("search_r1", "search_r2"):  # the gain over the warm start, on the same questions
         lo, hi = s[f"{arm}_gain_ci95"]
         assert lo <= s[f"{arm}_gain"] <= hi

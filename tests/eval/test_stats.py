@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from searchr2_jax.eval.stats import bootstrap_ci, paired_gain
+from searchr2_jax.eval.stats import arm_difference, bootstrap_ci, paired_gain
 
 
 def test_bootstrap_interval_has_its_nominal_coverage_and_width_on_a_known_distribution():
@@ -45,3 +45,23 @@ def test_paired_gain_is_tighter_than_the_unpaired_intervals():
     # the arm's seeds are averaged per question before the difference
     gain2, _, _ = paired_gain(np.stack([arm, base]), base, 500)
     assert gain2 == pytest.approx(0.025)
+
+
+def test_arm_difference_widens_with_seed_noise_and_is_paired_over_questions():
+    rng = np.random.default_rng(2)
+    base = (rng.random(400) < 0.3).astype(float)
+    better = base.copy()
+    better[rng.choice(np.flatnonzero(base == 0), 40, replace=False)] = 1.0  # +0.10 on the same questions
+    # seeds that agree: the question-paired interval, tight and above 0
+    diff, lo, hi = arm_difference(np.stack([better, better]), np.stack([base, base]), 500)
+    assert diff == pytest.approx(0.10)
+    assert 0 < lo <= diff <= hi and hi - lo < 0.06
+    # the same mean gain carried by one seed (+0.20) while the other has none: the seeds widen the interval
+    best = base.copy()
+    best[rng.choice(np.flatnonzero(base == 0), 80, replace=False)] = 1.0
+    noisy = np.stack([best, base])
+    d2, lo2, hi2 = arm_difference(noisy, np.stack([base, base]), 500)
+    assert d2 == pytest.approx(0.10)
+    assert lo2 <= 0.0 < hi2  # with two seeds, one draw in four picks seed 1 twice: no gain
+    with pytest.raises(ValueError, match="400 and 399"):
+        arm_difference(better, base[:-1])
