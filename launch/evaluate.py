@@ -101,11 +101,13 @@ def main(argv):
                       jax.random.key(config.seed), loading.few_shot_examples(config, _SHOTS.value))
     logging.info("evaluating %s on %d questions (%s)", ",".join(_METHODS.value), len(examples), agent.model)
     t1 = time.time()
-    results = run_methods(setup, examples, _METHODS.value, os.path.join(_OUT.value, "records"), _CHUNK.value)
+    per_method: dict = {}
+    results = run_methods(setup, examples, _METHODS.value, os.path.join(_OUT.value, "records"), _CHUNK.value,
+                          seconds=per_method)
     wall = time.time() - t1
     settings = loading.settings(config, agent, style, _LIMIT.value, _SHOTS.value)
     table = table_lib.build_table(results, settings, n_boot=_BOOT.value,
-                                  extra={"wall_s": {"load": t1 - t0, "evaluate": wall},
+                                  extra={"wall_s": {"load": t1 - t0, "evaluate": wall, "methods": per_method},
                                          "retriever_calls": agent.retriever.calls})
     paths = table_lib.write_table(table, _OUT.value)
     print(table_lib.to_markdown(table).split("**Settings**")[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Sequence
 
 import jax
@@ -53,8 +54,9 @@ def _done_chunks(path: str) -> dict[int, list[dict]]:
 
 
 def run_methods(setup: EvalSetup, examples: Sequence[QAExample], methods: Sequence[str], records_dir: str,
-                chunk: int = 128, progress: bool = True) -> dict[str, list[dict]]:
-    """{method: records in question order}, resuming from what `records_dir` already holds."""
+                chunk: int = 128, progress: bool = True, seconds: dict | None = None) -> dict[str, list[dict]]:
+    """{method: records in question order}, resuming from what `records_dir` already holds. `seconds`, when given,
+    receives each method's wall time in this call (a method read back whole from disk gets 0)."""
     from tqdm import tqdm
 
     os.makedirs(records_dir, exist_ok=True)
@@ -73,6 +75,7 @@ def run_methods(setup: EvalSetup, examples: Sequence[QAExample], methods: Sequen
               disable=not progress) as bar:
         for m in methods:
             path = os.path.join(records_dir, f"{m}.jsonl")
+            t0 = time.perf_counter()
             for i, s in enumerate(starts):
                 if i in done[m]:
                     continue
@@ -83,5 +86,7 @@ def run_methods(setup: EvalSetup, examples: Sequence[QAExample], methods: Sequen
                 done[m][i] = recs
                 bar.update(len(recs))
             results[m] = [r for i in range(len(starts)) for r in done[m][i]]
+            if seconds is not None:
+                seconds[m] = time.perf_counter() - t0
     return results
 

@@ -145,8 +145,10 @@ def test_an_interrupted_evaluation_resumes_to_the_same_records(tmp_path, monkeyp
     ran = []
     real = run_lib.run_chunk
     monkeypatch.setattr(run_lib, "run_chunk", lambda st, m, ex, rng: ran.append((m, len(ex))) or real(st, m, ex, rng))
-    resumed = run_lib.run_methods(s, exs, ("direct", "agent"), str(part), chunk=2, progress=False)
+    seconds = {}
+    resumed = run_lib.run_methods(s, exs, ("direct", "agent"), str(part), chunk=2, progress=False, seconds=seconds)
     assert ran == [("agent", 2), ("agent", 1)]
+    assert set(seconds) == {"direct", "agent"} and 0 <= seconds["direct"] < seconds["agent"]  # direct read back
     assert resumed == full
     settings = {"retriever": "bm25"}
     assert table_lib.build_table(resumed, settings, n_boot=50) == table_lib.build_table(full, settings, n_boot=50)
