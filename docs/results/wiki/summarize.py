@@ -25,7 +25,8 @@ def main(out: str) -> None:
     if before is None:
         sys.exit(f"{out}/before/table.json: missing (run docs/results/wiki/run.sh first)")
     s = {"questions": before["methods"]["direct"]["Avg"]["n"], "settings": before["settings"],
-         "eval_wall_s": round(before["wall_s"]["load"] + before["wall_s"]["evaluate"], 1)}
+         "eval_wall_s": round(before["wall_s"]["load"] + before["wall_s"]["evaluate"], 1),
+         "eval_wall_s_methods": {m: round(t, 1) for m, t in before["wall_s"].get("methods", {}).items()}}
     # (EM key the issue names, prefix of the other figures, table, method)
     for key, base, table, method in (("direct_em", "direct", before, "direct"), ("rag_em", "rag", before, "rag"),
                                      ("agent_em_before", "agent_before", before, "agent"),
