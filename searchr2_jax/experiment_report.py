@@ -1,6 +1,7 @@
 """The learning experiment's figures and report (`experiment.run_experiment` calls them once every unit is done):
 per-arm test figures with bootstrap intervals, each RL arm's paired gain over the warm start, Search-R2's difference
-from Search-R1 over questions and seeds, the issue's goals, and the outputs summary.json (its figures), table.md and curves.png.
+from Search-R1 over questions and seeds, the issue's goals, and the outputs summary.json (its figures), table.md and
+curves.png.
 """
 
 from __future__ import annotations
@@ -139,21 +140,20 @@ def summarize(config: ml_collections.ConfigDict, warm_dir: str, warm_s: float, b
     s["warm_start_sft_steps"] = int(config.sft.steps)
     s.update(base.get("refiner_quality", {}))
     s.update(headroom)
+    em = {arm: [[r["em"] for r in res["records"]] for res in results] for arm, results in arms.items()}  # [seeds, q]
     for arm, results in arms.items():
         s.update(arm_figures(arm, [r["records"] for r in results], n_boot, {
             f"{arm}_wall_s": float(np.mean([r["train_wall_s"] + r["eval_wall_s"] for r in results])),
             f"{arm}_wall_s_seeds": [r["train_wall_s"] + r["eval_wall_s"] for r in results],
             f"{arm}_rl_steps": results[0]["rl_steps"],
             f"{arm}_devices": [r.get("device", "unrecorded") for r in results]}))
-        gain, lo, hi = paired_gain([[r["em"] for r in res["records"]] for res in results],
-                                   [r["em"] for r in base["records"]["warm_start"]], n_boot)
+        gain, lo, hi = paired_gain(em[arm], [r["em"] for r in base["records"]["warm_start"]], n_boot)
         s[f"{arm}_gain"], s[f"{arm}_gain_ci95"] = gain, [lo, hi]
         diag = {k: [r["final_metrics"][k] for r in results if k in r["final_metrics"]]
                 for k in results[0]["final_metrics"] if k.startswith("diag/")}
         if diag:
             s[f"{arm}_diagnostics"] = {k: float(np.mean(v)) for k, v in diag.items()}
-    if "search_r1" in arms and "search_r2" in arms:
-        em = {arm: [[r["em"] for r in res["records"]] for res in arms[arm]] for arm in ("search_r1", "search_r2")}
+    if "search_r1" in em and "search_r2" in em:
         diff, lo, hi = arm_difference(em["search_r2"], em["search_r1"], n_boot)
         s["search_r2_minus_r1"], s["search_r2_minus_r1_ci95"] = diff, [lo, hi]
     s["goals"] = goals(s)
