@@ -122,16 +122,22 @@ def load_tokenizer(config: ml_collections.ConfigDict, world, workdir: str):
     return tok_lib.load_tokenizer(out)
 
 
+def run_settings(config: ml_collections.ConfigDict) -> dict:
+    """The DecoderConfig fields that say how the model runs, not what it is: `model.dtype`, `remat`, `logits_chunk`,
+    `attention_block`, and a value head where the algorithm is PPO."""
+    m = config.model
+    return dict(dtype=m.dtype, remat=m.remat, logits_chunk=m.logits_chunk, attention_block=m.attention_block,
+                value_head=config.rl.algo == "ppo")
+
+
 def load_model(config: ml_collections.ConfigDict, vocab_size: int, mesh, rng: jax.Array):
     """(DecoderConfig, params): `model.hf_path`'s weights placed on `mesh`, or a from-scratch model sized by
     `model.init` whose embedding matches the tokenizer's `vocab_size` exactly (never resized later)."""
     m = config.model
     if m.hf_path:
-        cfg = DecoderConfig.from_pretrained(m.hf_path, dtype=m.dtype, remat=m.remat, logits_chunk=m.logits_chunk,
-                                            value_head=config.rl.algo == "ppo")
+        cfg = DecoderConfig.from_pretrained(m.hf_path, **run_settings(config))
         return hf_io.load_params(m.hf_path, cfg, shardings=sharding.param_shardings(cfg, mesh))
-    cfg = DecoderConfig(vocab_size=vocab_size, dtype=m.dtype, remat=m.remat, logits_chunk=m.logits_chunk,
-                        value_head=config.rl.algo == "ppo", tie_word_embeddings=True, **dict(m.init))
+    cfg = DecoderConfig(vocab_size=vocab_size, tie_word_embeddings=True, **run_settings(config), **dict(m.init))
     return cfg, decoder.init_params(cfg, rng)
 
 

@@ -179,6 +179,7 @@ def base_config() -> ml_collections.ConfigDict:
         chat=False,  # prompts through the tokenizer's chat template (instruct models)
         dtype="float32", remat=False,
         logits_chunk=256,  # positions per LM-head block in the training passes (models/config.DecoderConfig)
+        attention_block=128,  # query positions per causal attention block in full passes; 0 = dense (same file)
         init=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32, intermediate_size=256,
                   rope_theta=10000.0, max_position_embeddings=4096)))
     c.retrieval = default_retrieval_config()

@@ -41,7 +41,9 @@ RL_ARMS = (*VARIANTS, "ppo")  # the paper's Table 3 rows, rejection sampling, an
 def warm_start_key(config: ml_collections.ConfigDict) -> str:
     """A hash of everything the warm start depends on; arms with the same key share one warm start."""
     c = config
-    parts = dict(seed=c.seed, world=c.data.world, train_split=c.data.train_split, model=c.model.to_dict(),
+    # The query blocks of the attention change only the order of float sums, not what is computed.
+    model = {k: v for k, v in c.model.to_dict().items() if k != "attention_block"}
+    parts = dict(seed=c.seed, world=c.data.world, train_split=c.data.train_split, model=model,
                  sft=c.sft.to_dict(), refiner_prompt=c.refiner.prompt, retrieval=c.retrieval.to_dict(),
                  topk=c.rollout.topk, micro_batches=c.train.micro_batches)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]

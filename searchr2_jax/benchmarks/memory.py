@@ -61,6 +61,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from searchr2_jax.components import run_settings
 from searchr2_jax.config import base_config
 from searchr2_jax.models import decoder, sharding
 from searchr2_jax.models.config import DecoderConfig
@@ -124,8 +125,7 @@ def model_config(config) -> DecoderConfig:
     name = os.path.basename(m.hf_path.rstrip("/"))
     if name not in BACKBONES:
         raise KeyError(f"model.hf_path={m.hf_path!r}: no shapes for {name!r} in memory.BACKBONES {sorted(BACKBONES)}")
-    return DecoderConfig.from_hf(BACKBONES[name], source=f"memory.BACKBONES[{name!r}]", dtype=m.dtype,
-                                 remat=m.remat, logits_chunk=m.logits_chunk, value_head=config.rl.algo == "ppo")
+    return DecoderConfig.from_hf(BACKBONES[name], source=f"memory.BACKBONES[{name!r}]", **run_settings(config))
 
 
 # ------------------------------------------------------------------------------------------------ shapes

@@ -65,6 +65,10 @@ class DecoderConfig:
     # The training passes run the LM head this many positions at a time, so no [B, T, V] logits are ever held
     # (rl/logprobs.chunked_token_logprobs): at V = 152k one fp32 row of 4k positions is 2.3 GiB.
     logits_chunk: int = 256
+    # Full (uncached) passes split the queries into blocks of this many positions, each scoring only the keys up to
+    # its own end (`decoder.causal_blocks`): the causal mask makes the rest zero, so a row of T tokens computes about
+    # half of its T x T scores. 0 = one dense block.
+    attention_block: int = 128
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -78,6 +82,8 @@ class DecoderConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+        if self.attention_block < 0:
+            raise ConfigError(f"attention_block={self.attention_block} must be >= 0 (0 = dense attention)")
 
     @property
     def jnp_dtype(self):

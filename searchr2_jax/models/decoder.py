@@ -194,6 +194,20 @@ def attention(q, blocks, cfg: DecoderConfig):
     return out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
 
 
+def causal_blocks(q, k, v, mask, cfg: DecoderConfig):
+    """A full pass's attention (q [B,T,H,hd], heads-first k and v [B,K,T,hd], mask [B,T,T]) -> [B,T,H*hd], as
+    `attention` over query blocks of `cfg.attention_block` positions, each scoring only the keys before its own end.
+    Every key past a block's end is causally masked, so a row computes about half of its T x T scores, and the
+    result is exact for every query that has a key to read. A query with none (padding) averages its block's keys
+    instead of all of them; no valid token reads it."""
+    t, n = q.shape[1], cfg.attention_block
+    if n <= 0 or n >= t:
+        return attention(q, [(k, v, mask, False)], cfg)
+    return jnp.concatenate([
+        attention(q[:, i:i + n], [(k[:, :, :i + n], v[:, :, :i + n], mask[:, i:i + n, :i + n], False)], cfg)
+        for i in range(0, t, n)], axis=1)
+
+
 def heads_first(x: jax.Array) -> jax.Array:
     """[B, S, K, hd] -> [B, K, S, hd]: the layout of the KV cache and of `attention`'s keys and values."""
     return x.transpose(0, 2, 1, 3)
@@ -278,7 +292,7 @@ def forward_hidden(
                 x, jax.sharding.NamedSharding(mesh, sharding.batch_spec(mesh, x.shape)))
 
         def body(h, p):
-            attend = lambda q, k, v: attention(q, [(heads_first(k), heads_first(v), attn_mask, False)], cfg)
+            attend = lambda q, k, v: causal_blocks(q, heads_first(k), heads_first(v), attn_mask, cfg)
             return keep_rows(_layer(cfg, inv_freq, keep_rows(h), p, positions, attend)[0]), None
 
         if cfg.remat:

@@ -1,5 +1,7 @@
 """Decoder parity with transformers' PyTorch models, and KV-cache decoding equal to full forwards."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,6 +153,39 @@ def test_packed_branches_read_their_shared_prefix_as_the_standalone_sequences_do
                                 ([z], [6], [0]), ([z], [8], [0]), ([a, b, y], [9, 10, 11], [0, 1, 2])):
         ref, _ = decoder.apply(cfg, params, jnp.asarray([seq]))
         np.testing.assert_allclose(packed[0, jnp.asarray(at_row)], ref[0, jnp.asarray(at_seq)], atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [3, 4, 5])
+def test_causal_blocks_equal_dense_attention_with_their_gradient(block):
+    """Query blocks (`attention_block`, a size that divides the row or leaves a short last block) give the dense
+    pass's hidden states on every valid token, and the same gradient, over padded and packed rows."""
+    dense, blocked = _tiny(attention_block=0), _tiny(attention_block=block)
+    params = decoder.init_params(dense, jax.random.key(0))
+    rng = np.random.default_rng(4)
+    tokens = jnp.asarray(rng.integers(0, dense.vocab_size, size=(2, 12)))
+    mask = jnp.asarray([[True] * 12, [False] * 2 + [True] * 8 + [False] * 2])  # left and right padding
+    # Row 0 packs a sequence, a branch continuing its first 3 tokens, and a sequence of its own.
+    packing = decoder.Packing(positions=jnp.asarray([[0, 1, 2, 3, 4, 3, 4, 5, 0, 1, 2, 3], list(range(12))]),
+                              segment_ids=jnp.asarray([[0] * 5 + [1] * 3 + [2] * 4, [0] * 12]),
+                              shared_start=jnp.zeros((2, 12), jnp.int32),
+                              shared_end=jnp.asarray([[0] * 5 + [3] * 3 + [0] * 4, [0] * 12]))
+    weights = jnp.asarray(rng.normal(size=(2, 12, 1)), jnp.float32) * mask[..., None]
+
+    def run(cfg, p):
+        hidden, _ = decoder.forward_hidden(cfg, p, tokens, mask=mask, packing=packing)
+        return jnp.sum(hidden * weights), hidden
+
+    (loss_d, hid_d), grad_d = jax.value_and_grad(functools.partial(run, dense), has_aux=True)(params)
+    (loss_b, hid_b), grad_b = jax.value_and_grad(functools.partial(run, blocked), has_aux=True)(params)
+    np.testing.assert_allclose(np.asarray(hid_b)[np.asarray(mask)], np.asarray(hid_d)[np.asarray(mask)], atol=1e-5)
+    np.testing.assert_allclose(loss_b, loss_d, rtol=1e-5)
+    for gb, gd in zip(jax.tree.leaves(grad_b), jax.tree.leaves(grad_d)):
+        np.testing.assert_allclose(gb, gd, rtol=1e-4, atol=1e-6 * np.abs(gd).max())  # summation order only
+
+
+def test_negative_attention_block_is_refused():
+    with pytest.raises(ConfigError, match="attention_block"):
+        _tiny(attention_block=-1)
 
 
 @pytest.mark.slow
