@@ -183,6 +183,18 @@ def test_causal_blocks_equal_dense_attention_with_their_gradient(block):
         np.testing.assert_allclose(gb, gd, rtol=1e-4, atol=1e-6 * np.abs(gd).max())  # summation order only
 
 
+@pytest.mark.parametrize("t,block,blocks", [(12, 3, 4), (12, 5, 3), (40, 1, 14), (12, 12, 1), (12, 0, 1)])
+def test_causal_blocks_count(t, block, blocks):
+    """A row takes ceil(T / block) blocks, at most MAX_QUERY_BLOCKS (then of a multiple of the block size); 0 or a
+    block as long as the row is one dense block. Each block is two products."""
+    cfg = _tiny(attention_block=block)
+    q = jnp.zeros((1, t, cfg.num_heads, cfg.head_dim))
+    kv = jnp.zeros((1, cfg.num_kv_heads, t, cfg.head_dim))
+    attend = lambda q, k, v, m: decoder.causal_blocks(q, k, v, m, cfg)  # noqa: E731
+    jaxpr = jax.make_jaxpr(attend)(q, kv, kv, jnp.ones((1, t, t), bool))
+    assert sum(e.primitive.name == "dot_general" for e in jaxpr.eqns) == 2 * blocks
+
+
 def test_negative_attention_block_is_refused():
     with pytest.raises(ConfigError, match="attention_block"):
         _tiny(attention_block=-1)
