@@ -17,6 +17,10 @@ its second step so compilation is excluded.
                                discarded suffix, the follow-up prompt, the integer)
   meta_duplicate_tokens        meta_tokens_r2 - meta_new_tokens: tokens the batch holds twice (0 when the follow-up
                                meta-actions are packed into their trajectories' rows)
+  attention_pairs_r1, _r2      query-key scores the step's rows compute per pass, in causal query blocks
+                               (`decoder.causal_blocks`); meta-action rows of their own are not counted
+  attention_allowed_r1, _r2    of those, the pairs its masks let a token read (causal, its own segment or shared
+                               prefix, both tokens real): what a kernel skipping every masked pair would compute
   train_step_mfu               model FLOPs of the jitted train step / its time / the matmul peak measured here
   peak_rss_bytes               the process's peak resident memory at the end
 """
@@ -32,6 +36,7 @@ import numpy as np
 
 from searchr2_jax.benchmarks.engines import ForcedRefiner
 from searchr2_jax.benchmarks.model import matmul_peak_gflops
+from searchr2_jax.models import decoder
 
 
 def _config(base, quick: bool):
@@ -72,6 +77,24 @@ def batch_tokens(sb) -> tuple[float, float]:
     return float(sum(np.sum(v) for v in rows)), float(sum(np.size(v) for v in rows))
 
 
+def attention_pairs(sb, block: int) -> tuple[float, float]:
+    """(computed, allowed) query-key pairs of a StepBatch's rows: what `decoder.causal_blocks` scores with
+    `attention_block=block`, and what the masks allow. The masks are rebuilt here from the batch, not taken from the
+    decoder, so that the count measures the decoder rather than repeating it."""
+    valid, seg = np.asarray(sb.valid), np.asarray(sb.packing.segment_ids)
+    start, end = np.asarray(sb.packing.shared_start), np.asarray(sb.packing.shared_end)
+    rows, t = valid.shape
+    computed = rows * sum((j - i) * j for i, j in decoder.query_blocks(t, block))
+    idx = np.arange(t)
+    allowed = 0
+    for r in range(rows):
+        key = idx[None, :]
+        ok = (idx[:, None] >= key) & valid[r][:, None] & valid[r][None, :]
+        ok &= (seg[r][:, None] == seg[r][None, :]) | ((key >= start[r][:, None]) & (key < end[r][:, None]))
+        allowed += int(ok.sum())
+    return float(computed), float(allowed)
+
+
 def meta_tokens(sb, trajs) -> float:
     """Real tokens a StepBatch holds beyond its trajectories' prompts and responses: its meta-actions, packed as
     branches or as rows of their own."""
@@ -110,6 +133,8 @@ def run(quick: bool = False, configs: dict | None = None) -> dict:
         figures[f"train_step_s_{name}"] = step_s
         figures[f"train_tokens_{name}"] = tokens
         figures[f"train_padded_tokens_{name}"] = padded
+        figures[f"attention_pairs_{name}"], figures[f"attention_allowed_{name}"] = attention_pairs(
+            sb, trainer.model_cfg.attention_block)
         if name == "r2":
             figures["meta_tokens_r2"] = meta_tokens(sb, trajs)
             figures["meta_new_tokens"] = float(sum(meta_new_tokens(t) for t in trajs))

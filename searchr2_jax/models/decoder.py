@@ -203,14 +203,20 @@ def causal_blocks(q, k, v, mask, cfg: DecoderConfig):
     instead of all of them; no valid token reads it. Long rows take blocks of a multiple of `attention_block`, at
     most MAX_QUERY_BLOCKS of them: each block is a program of its own to compile, and n blocks compute (n + 1) / 2n
     of the scores, 17/32 at 16 against a limit of one half."""
-    t, n = q.shape[1], cfg.attention_block
-    if n > 0:
-        n *= -(-t // (MAX_QUERY_BLOCKS * n))
-    if n <= 0 or n >= t:
+    blocks = query_blocks(q.shape[1], cfg.attention_block)
+    if len(blocks) == 1:
         return attention(q, [(k, v, mask, False)], cfg)
-    return jnp.concatenate([
-        attention(q[:, i:i + n], [(k[:, :, :i + n], v[:, :, :i + n], mask[:, i:i + n, :i + n], False)], cfg)
-        for i in range(0, t, n)], axis=1)
+    return jnp.concatenate([attention(q[:, i:j], [(k[:, :, :j], v[:, :, :j], mask[:, i:j, :j], False)], cfg)
+                            for i, j in blocks], axis=1)
+
+
+def query_blocks(t: int, block: int) -> list[tuple[int, int]]:
+    """The [start, end) query blocks `causal_blocks` splits a row of `t` positions into (see there)."""
+    if block > 0:
+        block *= -(-t // (MAX_QUERY_BLOCKS * block))
+    if block <= 0 or block >= t:
+        return [(0, t)]
+    return [(i, min(i + block, t)) for i in range(0, t, block)]
 
 
 def heads_first(x: jax.Array) -> jax.Array:

@@ -1,8 +1,9 @@
-"""The train suite's duplicate count (benchmarks/train.py): meta-action tokens the step batch holds twice."""
+"""The train suite's counts (benchmarks/train.py): meta-action tokens the step batch holds twice, and the attention
+pairs its rows compute against those their masks allow."""
 
 import numpy as np
 
-from searchr2_jax.benchmarks.train import meta_new_tokens, meta_tokens
+from searchr2_jax.benchmarks.train import attention_pairs, meta_new_tokens, meta_tokens
 from searchr2_jax.models import decoder
 from searchr2_jax.rl.train_step import MetaRows, StepBatch
 from searchr2_jax.rollout import types as T
@@ -55,3 +56,14 @@ def test_meta_tokens_count_the_same_once_trajectories_share_rows():
     shared = packing.pack_rows(sb, packing.plan_rows(sb, 1))
     assert np.asarray(shared.valid).sum(axis=1).tolist() == [10 + 12]  # both trajectories in one row
     assert meta_tokens(shared, trajs) == meta_tokens(sb, trajs) == 3 + 5 == sum(map(meta_new_tokens, trajs))
+
+
+def test_attention_pairs_count_blocks_and_what_the_masks_allow():
+    """A 7-token trajectory and a revised draft's branch of 5 new tokens (discarded suffix, follow-up, integer)
+    reading the first 5 in place, in a row of 16: the trajectory's tokens read 1 + ... + 7 = 28 keys, the branch's
+    5 + 1 ... 5 + 5 = 40. Blocks of 4 compute 4 x (4 + 8 + 12 + 16) pairs; one dense block 16 x 16."""
+    traj = T.Trajectory(0, T.Job([1, 2, 3]), np.asarray([4, 5, 6, 7], np.int32), np.zeros(4, np.float32),
+                        np.ones(4, np.int8), [], T.ANSWERED, meta_actions=[meta([1, 2, 3, 4, 5, 8, 8, 50, 51])])
+    sb = step_batch(T.to_batch([traj], seq_len=16, pack_meta=True))
+    assert attention_pairs(sb, 4) == (160.0, 68.0)
+    assert attention_pairs(sb, 0) == (256.0, 68.0)
