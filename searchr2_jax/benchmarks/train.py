@@ -85,11 +85,11 @@ def attention_pairs(sb, block: int) -> tuple[float, float]:
     start, end = np.asarray(sb.packing.shared_start), np.asarray(sb.packing.shared_end)
     rows, t = valid.shape
     computed = rows * sum((j - i) * j for i, j in decoder.query_blocks(t, block))
-    idx = np.arange(t)
+    key = np.arange(t)[None, :]
+    causal = key.T >= key
     allowed = 0
     for r in range(rows):
-        key = idx[None, :]
-        ok = (idx[:, None] >= key) & valid[r][:, None] & valid[r][None, :]
+        ok = causal & valid[r][:, None] & valid[r][None, :]
         ok &= (seg[r][:, None] == seg[r][None, :]) | ((key >= start[r][:, None]) & (key < end[r][:, None]))
         allowed += int(ok.sum())
     return float(computed), float(allowed)
